@@ -1,0 +1,1 @@
+"""The predictive dialer: data core, contact import, leasing, and (later) pacing and the engine."""

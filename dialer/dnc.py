@@ -1,0 +1,278 @@
+"""Do-not-call lists in the database: add, import, check, and load the matcher for a campaign.
+
+Matching itself is pure (`strategies.compliance.DncMatcher`); this module only decides which
+entries apply to a campaign and loads them. Scopes: global entries (no campaign, no list) apply
+everywhere; a campaign's own entries; and entries of the named lists the campaign references.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Row, and_, delete, insert, or_, select
+
+from dialer.db import write_transaction
+from dialer.db.models import Campaign, CampaignDncList, DncEntry, DncList
+from dialer.domain import DncSource
+from dialer.phones import PhoneError, PhoneNormalizer
+from strategies.compliance import DncMatcher, DncRule
+
+#: SQLite's default limit on bound parameters is 32766; stay well below it.
+_IN_CHUNK = 5000
+
+
+class DncError(ValueError):
+    """A DNC request that cannot be carried out; the message names the value and the reason."""
+
+
+def _scope_filter(conn: Connection, campaign_id: int | None) -> tuple[object, dict[int, str]]:
+    """SQL condition selecting the entries that apply to `campaign_id`, and list-id -> name."""
+    glob = and_(DncEntry.campaign_id.is_(None), DncEntry.list_id.is_(None))
+    if campaign_id is None:
+        return glob, {}
+    lists = dict(
+        conn.execute(
+            select(DncList.id, DncList.name)
+            .join(CampaignDncList, CampaignDncList.list_id == DncList.id)
+            .where(CampaignDncList.campaign_id == campaign_id)
+        ).all()
+    )
+    conds = [glob, DncEntry.campaign_id == campaign_id]
+    if lists:
+        conds.append(DncEntry.list_id.in_(list(lists)))
+    return or_(*conds), lists
+
+
+def _rule(e: Row[Any], lists: dict[int, str]) -> DncRule:
+    if e.list_id is not None:
+        scope = f"list:{lists.get(e.list_id, e.list_id)}"
+    elif e.campaign_id is not None:
+        scope = "campaign"
+    else:
+        scope = "global"
+    return DncRule(e.value, e.is_prefix, e.expires_at, scope, e.source)
+
+
+def load_matcher(
+    conn: Connection,
+    campaign_id: int | None,
+    now: datetime,
+    numbers: Iterable[str] | None = None,
+) -> DncMatcher:
+    """A matcher with the active entries that apply to `campaign_id` (None: global only).
+
+    With `numbers`, exact entries are loaded only for those numbers (a lease or an import
+    chunk); prefix entries are always loaded in full, since they are few. Without `numbers`,
+    every applicable entry is loaded.
+    """
+    cond, lists = _scope_filter(conn, campaign_id)
+    active = or_(DncEntry.expires_at.is_(None), DncEntry.expires_at > now)
+    base = select(DncEntry).where(cond, active)  # type: ignore[arg-type]
+    rules: list[DncRule] = []
+    if numbers is None:
+        rules = [_rule(e, lists) for e in conn.execute(base)]
+    else:
+        rules = [_rule(e, lists) for e in conn.execute(base.where(DncEntry.is_prefix.is_(True)))]
+        wanted = sorted(set(numbers))
+        for i in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[i : i + _IN_CHUNK]
+            q = base.where(DncEntry.is_prefix.is_(False), DncEntry.value.in_(chunk))
+            rules.extend(_rule(e, lists) for e in conn.execute(q))
+    return DncMatcher(rules)
+
+
+def normalize_dnc_value(raw: str, region: str, prefix: bool) -> str:
+    """E.164 for a number; for a prefix, `+` and digits as written (`+1212555`, `1212` -> `+1212`).
+
+    Prefixes cannot be validated as numbers, so they must carry the country code.
+    """
+    raw = raw.strip()
+    if prefix:
+        digits = "".join(ch for ch in raw if ch.isdigit())
+        if not digits or len(digits) > 15:
+            raise DncError(f"prefix {raw!r}: give 1 to 15 digits, country code first (+1212555)")
+        return "+" + digits
+    try:
+        return PhoneNormalizer(region)(raw).e164
+    except PhoneError as exc:
+        raise DncError(f"number {raw!r}: {exc}") from None
+
+
+def _resolve_scope(
+    conn: Connection, campaign: int | None, list_name: str | None
+) -> tuple[int | None, int | None]:
+    if campaign is not None and list_name is not None:
+        raise DncError("give a campaign or a list, not both")
+    list_id = None
+    if list_name is not None:
+        list_id = conn.scalar(select(DncList.id).where(DncList.name == list_name))
+        if list_id is None:
+            list_id = conn.scalar(insert(DncList).values(name=list_name).returning(DncList.id))
+    if (
+        campaign is not None
+        and conn.scalar(select(Campaign.id).where(Campaign.id == campaign)) is None
+    ):
+        raise DncError(f"no campaign with id {campaign}")
+    return campaign, list_id
+
+
+@dataclass
+class DncImportResult:
+    file: str
+    added: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def add_entries(
+    engine: Engine,
+    values: Sequence[str],
+    now: datetime,
+    *,
+    region: str = "US",
+    prefix: bool = False,
+    campaign_id: int | None = None,
+    list_name: str | None = None,
+    source: DncSource = DncSource.MANUAL,
+    expires_at: datetime | None = None,
+    note: str | None = None,
+) -> list[str]:
+    """Add numbers (or prefixes) to DNC; return their normalised values.
+
+    All-or-nothing: one bad value raises `DncError` naming it and nothing is added.
+    """
+    normalised = [normalize_dnc_value(v, region, prefix) for v in values]
+    with write_transaction(engine) as conn:
+        cid, lid = _resolve_scope(conn, campaign_id, list_name)
+        if normalised:
+            conn.execute(
+                insert(DncEntry),
+                [
+                    dict(
+                        value=v,
+                        is_prefix=prefix,
+                        campaign_id=cid,
+                        list_id=lid,
+                        source=source.value,
+                        expires_at=expires_at,
+                        note=note,
+                        created_at=now,
+                    )
+                    for v in normalised
+                ],
+            )
+    return normalised
+
+
+def remove_entries(
+    engine: Engine, values: Sequence[str], *, region: str = "US", prefix: bool = False
+) -> int:
+    """Delete every entry (any scope) with these values; return how many went."""
+    normalised = [normalize_dnc_value(v, region, prefix) for v in values]
+    with write_transaction(engine) as conn:
+        res = conn.execute(
+            delete(DncEntry).where(DncEntry.value.in_(normalised), DncEntry.is_prefix == prefix)
+        )
+        return res.rowcount or 0
+
+
+def import_file(
+    engine: Engine,
+    path: Path,
+    now: datetime,
+    *,
+    region: str = "US",
+    campaign_id: int | None = None,
+    list_name: str | None = None,
+    column: str | None = None,
+) -> DncImportResult:
+    """Import a DNC file: one number per line, or a CSV whose `column` holds the numbers.
+
+    A value ending in `*` is a prefix (`+1212555*`). Bad lines are reported as
+    `file:line: value: reason`; good lines are kept.
+    """
+    result = DncImportResult(str(path))
+    rows: list[dict[str, object]] = []
+    try:
+        fh = path.open(newline="", encoding="utf-8-sig", errors="replace")
+    except OSError as exc:
+        raise DncError(f"{path}: cannot read: {exc.strerror}") from None
+    with fh:
+        reader = csv.reader(fh)
+        col = 0
+        if column is not None:
+            header = next(reader, None) or []
+            if column not in header:
+                raise DncError(f"{path}: no column {column!r} (columns: {', '.join(header)})")
+            col = header.index(column)
+        for row in reader:
+            line = reader.line_num
+            if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+                continue
+            raw = row[col].strip() if col < len(row) else ""
+            is_prefix = raw.endswith("*")
+            try:
+                value = normalize_dnc_value(raw.rstrip("*"), region, is_prefix)
+            except DncError as exc:
+                result.errors.append(f"{path}:{line}: {exc}")
+                continue
+            rows.append(
+                dict(
+                    value=value, is_prefix=is_prefix, source=DncSource.IMPORT.value, created_at=now
+                )
+            )
+    with write_transaction(engine) as conn:
+        cid, lid = _resolve_scope(conn, campaign_id, list_name)
+        for r in rows:
+            r.update(campaign_id=cid, list_id=lid)
+        if rows:
+            conn.execute(insert(DncEntry), rows)
+    result.added = len(rows)
+    return result
+
+
+@dataclass(frozen=True)
+class DncCheck:
+    number: str
+    e164: str | None
+    blocked: bool
+    reason: str
+
+
+def check_numbers(
+    engine: Engine,
+    numbers: Sequence[str],
+    now: datetime,
+    *,
+    region: str = "US",
+    campaign_id: int | None = None,
+) -> list[DncCheck]:
+    """Is each number blocked for `campaign_id` (or globally)? Each answer says why."""
+    out: list[DncCheck] = []
+    norm = PhoneNormalizer(region)
+    parsed: list[tuple[str, str | None, str]] = []
+    for n in numbers:
+        try:
+            parsed.append((n, norm(n).e164, ""))
+        except PhoneError as exc:
+            parsed.append((n, None, str(exc)))
+    with engine.connect() as conn:
+        matcher = load_matcher(conn, campaign_id, now, [e for _, e, _ in parsed if e])
+    for raw, e164, err in parsed:
+        if e164 is None:
+            out.append(DncCheck(raw, None, False, err))
+            continue
+        refusal = matcher.refusal(e164, now)
+        out.append(
+            DncCheck(
+                raw,
+                e164,
+                refusal is not None,
+                refusal.detail if refusal else "not on any applicable DNC list",
+            )
+        )
+    return out
