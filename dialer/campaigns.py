@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine, insert, select, update
 from dialer.db import write_transaction
 from dialer.db.models import AgentGroup, Campaign, CampaignAgentGroup, CampaignDncList, DncList
 from dialer.db.models import Strategy as StrategyRow
+from dialer.dispositions import DEFAULT_CATALOGUE, add_dispositions
 from dialer.domain import (
     CampaignChannel,
     CampaignState,
@@ -146,6 +147,8 @@ def create_campaign(
 ) -> int:
     """Validate the settings, create the campaign in `draft`, and return its id.
 
+    The campaign starts with the default disposition catalogue (`DEFAULT_CATALOGUE`).
+
     Raises `CampaignError` naming the bad setting. DNC lists and agent groups are created on
     first mention, so a campaign can reference a list before it is imported.
     """
@@ -218,15 +221,18 @@ def create_campaign(
             conn.execute(insert(CampaignDncList).values(campaign_id=cid, list_id=lid))
         for gid in _named_ids(conn, AgentGroup, agent_groups):
             conn.execute(insert(CampaignAgentGroup).values(campaign_id=cid, group_id=gid))
+        add_dispositions(conn, cid, DEFAULT_CATALOGUE)
         return int(cid)
 
 
 def find_campaign_id(conn: Connection, ref: str | int) -> int:
-    """Resolve a campaign by id or name; raise `CampaignError` naming the reference."""
-    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+    """Resolve a campaign by name, else by id; raise `CampaignError` naming the reference.
+
+    The name wins, so that a campaign called "2026" is found by its name.
+    """
+    cid = conn.scalar(select(Campaign.id).where(Campaign.name == str(ref)))
+    if cid is None and (isinstance(ref, int) or ref.isdigit()):
         cid = conn.scalar(select(Campaign.id).where(Campaign.id == int(ref)))
-    else:
-        cid = conn.scalar(select(Campaign.id).where(Campaign.name == ref))
     if cid is None:
         raise CampaignError(f"no campaign {ref!r} (see 'paceline campaign list')")
     return cid

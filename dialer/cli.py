@@ -34,8 +34,21 @@ from dialer.campaigns import (
 )
 from dialer.db import database_url, open_database
 from dialer.db.models import Contact
+from dialer.dispositions import (
+    DispositionError,
+    DispositionSpec,
+    add_disposition,
+    list_dispositions,
+)
 from dialer.dnc import DncError, add_entries, check_numbers, import_file, remove_entries
-from dialer.domain import CampaignChannel, CampaignState, DialMode, DncSource
+from dialer.domain import (
+    CallbackScope,
+    CampaignChannel,
+    CampaignState,
+    DialMode,
+    DispositionType,
+    DncSource,
+)
 from dialer.importer import ImportFileError, ImportResult, import_contacts
 from strategies.compliance import ComplianceConfigError
 from strategies.model import Strategy, StrategyError
@@ -43,7 +56,14 @@ from strategies.model import Strategy, StrategyError
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: Errors that are the user's to fix: print the message, exit 2, no traceback.
-USER_ERRORS = (CampaignError, DncError, ImportFileError, StrategyError, ComplianceConfigError)
+USER_ERRORS = (
+    CampaignError,
+    DispositionError,
+    DncError,
+    ImportFileError,
+    StrategyError,
+    ComplianceConfigError,
+)
 
 
 def _now() -> datetime:
@@ -308,6 +328,105 @@ _state_command("resume", CampaignState.RUNNING, "Start or resume campaign REF.")
 _state_command("stop", CampaignState.STOPPED, "Stop campaign REF.")
 
 
+@campaign.command("dispositions")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+@user_errors
+def campaign_dispositions(ctx: Ctx, ref: str, as_json: bool) -> None:
+    """List the disposition catalogue of campaign REF."""
+    with ctx.engine.connect() as conn:
+        specs = list_dispositions(conn, find_campaign_id(conn, ref))
+
+    def text() -> None:
+        for d in specs:
+            flags = ",".join(
+                f
+                for f in ("human_answered", "sale", "dnc", "completed", "customer_contact")
+                if getattr(d, f)
+            )
+            scope = f" ({d.callback_scope.value})" if d.callback_scope else ""
+            key = d.quick_key or "-"
+            click.echo(f"{d.code:<8} {d.type.value}{scope:<10} key={key} {d.label:<24} {flags}")
+
+    _emit(
+        [
+            {
+                **d.__dict__,
+                "type": d.type.value,
+                "callback_scope": d.callback_scope.value if d.callback_scope else None,
+            }
+            for d in specs
+        ],
+        as_json,
+        text,
+    )
+
+
+@campaign.command("add-disposition")
+@click.argument("ref")
+@click.argument("code")
+@click.argument("label")
+@click.option(
+    "--type",
+    "dtype",
+    required=True,
+    type=click.Choice([t.value for t in DispositionType]),
+    help="R callback, N negative, C sale/close, T appointment.",
+)
+@click.option(
+    "--scope",
+    type=click.Choice([s.value for s in CallbackScope]),
+    default=None,
+    help="For R: private (same agent) or public (anyone).",
+)
+@click.option("--sale", is_flag=True)
+@click.option("--dnc", is_flag=True, help="Using it puts the number on the campaign's DNC.")
+@click.option("--completed", is_flag=True, help="Using it closes the contact.")
+@click.option("--no-human", is_flag=True, help="Not a live answer (e.g. fax, machine).")
+@click.option("--no-contact", is_flag=True, help="Not a customer contact (wrong person).")
+@click.option("--key", "quick_key", default=None, help="One-character quick key.")
+@click.option("--colour", default=None, help="Display colour, #rrggbb.")
+@pass_ctx
+@user_errors
+def campaign_add_disposition(
+    ctx: Ctx,
+    ref: str,
+    code: str,
+    label: str,
+    dtype: str,
+    scope: str | None,
+    sale: bool,
+    dnc: bool,
+    completed: bool,
+    no_human: bool,
+    no_contact: bool,
+    quick_key: str | None,
+    colour: str | None,
+) -> None:
+    """Add disposition CODE with LABEL to campaign REF."""
+    with ctx.engine.connect() as conn:
+        cid = find_campaign_id(conn, ref)
+    add_disposition(
+        ctx.engine,
+        cid,
+        DispositionSpec(
+            code,
+            label,
+            DispositionType(dtype),
+            CallbackScope(scope) if scope else None,
+            human_answered=not no_human,
+            sale=sale,
+            dnc=dnc,
+            completed=completed,
+            customer_contact=not no_contact,
+            quick_key=quick_key,
+            colour=colour,
+        ),
+    )
+    click.echo(f"campaign {ref}: added disposition {code}")
+
+
 # --- contacts ------------------------------------------------------------------------------
 
 
@@ -532,7 +651,10 @@ def dnc_import(
         list_name=list_name,
         column=column,
     )
-    click.echo(f"{file}: {res.added} entries added, {len(res.errors)} rejected")
+    click.echo(
+        f"{file}: {res.added} entries added, {res.duplicates} already listed, "
+        f"{len(res.errors)} rejected"
+    )
     for e in res.errors:
         click.echo(f"  {e}", err=True)
 
@@ -551,7 +673,7 @@ def dnc_check(
     list_name: str | None,
     region: str,
 ) -> None:
-    """Say whether each number may be called (exit 1 if any is blocked)."""
+    """Say whether each number may be called (exit 1 if any is blocked or invalid)."""
     if list_name:
         raise DncError("dnc check takes --campaign (or nothing, for global), not --list")
     checks = check_numbers(
@@ -564,7 +686,8 @@ def dnc_check(
             click.echo(f"{c.number}\t{c.e164 or '-'}\t{verdict}\t{c.reason}")
 
     _emit([c.__dict__ for c in checks], as_json, text)
-    if any(c.blocked for c in checks):
+    # Exit 1 when any number may not be called: on a DNC list, or not a valid number at all.
+    if any(c.blocked or c.e164 is None for c in checks):
         sys.exit(1)
 
 

@@ -8,7 +8,7 @@ everywhere; a campaign's own entries; and entries of the named lists the campaig
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -125,6 +125,7 @@ def _resolve_scope(
 class DncImportResult:
     file: str
     added: int = 0
+    duplicates: int = 0  # already listed in this scope, or repeated in the file
     errors: list[str] = field(default_factory=list)
 
 
@@ -141,31 +142,57 @@ def add_entries(
     expires_at: datetime | None = None,
     note: str | None = None,
 ) -> list[str]:
-    """Add numbers (or prefixes) to DNC; return their normalised values.
+    """Add numbers (or prefixes) to DNC; return the normalised values that were new.
 
-    All-or-nothing: one bad value raises `DncError` naming it and nothing is added.
+    All-or-nothing: one bad value raises `DncError` naming it and nothing is added. A value
+    already listed in the same scope is not added twice.
     """
     normalised = [normalize_dnc_value(v, region, prefix) for v in values]
     with write_transaction(engine) as conn:
         cid, lid = _resolve_scope(conn, campaign_id, list_name)
-        if normalised:
-            conn.execute(
-                insert(DncEntry),
-                [
-                    dict(
-                        value=v,
-                        is_prefix=prefix,
-                        campaign_id=cid,
-                        list_id=lid,
-                        source=source.value,
-                        expires_at=expires_at,
-                        note=note,
-                        created_at=now,
-                    )
-                    for v in normalised
-                ],
+        entry = dict(source=source.value, expires_at=expires_at, note=note, created_at=now)
+        return _insert_new(conn, [(v, prefix) for v in normalised], cid, lid, entry)
+
+
+def _insert_new(
+    conn: Connection,
+    values: Sequence[tuple[str, bool]],
+    campaign_id: int | None,
+    list_id: int | None,
+    entry: Mapping[str, object],
+) -> list[str]:
+    """Insert (value, is_prefix) pairs not already in this scope; return the values added.
+
+    A number listed twice in one scope would only make `dnc remove` and reports confusing.
+    """
+    scope = [
+        DncEntry.campaign_id.is_(None)
+        if campaign_id is None
+        else DncEntry.campaign_id == campaign_id,
+        DncEntry.list_id.is_(None) if list_id is None else DncEntry.list_id == list_id,
+    ]
+    seen: set[tuple[str, bool]] = set()
+    wanted = sorted({v for v, _ in values})
+    for i in range(0, len(wanted), _IN_CHUNK):
+        rows = conn.execute(
+            select(DncEntry.value, DncEntry.is_prefix).where(
+                *scope, DncEntry.value.in_(wanted[i : i + _IN_CHUNK])
             )
-    return normalised
+        ).all()
+        seen.update((r.value, r.is_prefix) for r in rows)
+    new: list[dict[str, object]] = []
+    for value, is_prefix in values:
+        if (value, is_prefix) in seen:
+            continue
+        seen.add((value, is_prefix))
+        new.append(
+            dict(
+                value=value, is_prefix=is_prefix, campaign_id=campaign_id, list_id=list_id, **entry
+            )
+        )
+    if new:
+        conn.execute(insert(DncEntry), new)
+    return [str(r["value"]) for r in new]
 
 
 def remove_entries(
@@ -196,7 +223,7 @@ def import_file(
     `file:line: value: reason`; good lines are kept.
     """
     result = DncImportResult(str(path))
-    rows: list[dict[str, object]] = []
+    pairs: list[tuple[str, bool]] = []
     try:
         fh = path.open(newline="", encoding="utf-8-sig", errors="replace")
     except OSError as exc:
@@ -211,27 +238,25 @@ def import_file(
             col = header.index(column)
         for row in reader:
             line = reader.line_num
-            if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+            if not "".join(row).strip():
                 continue
             raw = row[col].strip() if col < len(row) else ""
+            if raw.startswith("#"):  # a comment line (or a commented-out number)
+                continue
             is_prefix = raw.endswith("*")
             try:
                 value = normalize_dnc_value(raw.rstrip("*"), region, is_prefix)
             except DncError as exc:
                 result.errors.append(f"{path}:{line}: {exc}")
                 continue
-            rows.append(
-                dict(
-                    value=value, is_prefix=is_prefix, source=DncSource.IMPORT.value, created_at=now
-                )
-            )
+            pairs.append((value, is_prefix))
     with write_transaction(engine) as conn:
         cid, lid = _resolve_scope(conn, campaign_id, list_name)
-        for r in rows:
-            r.update(campaign_id=cid, list_id=lid)
-        if rows:
-            conn.execute(insert(DncEntry), rows)
-    result.added = len(rows)
+        added = _insert_new(
+            conn, pairs, cid, lid, dict(source=DncSource.IMPORT.value, created_at=now)
+        )
+    result.added = len(added)
+    result.duplicates = len(pairs) - len(added)
     return result
 
 

@@ -34,8 +34,9 @@ class DropFolder:
         """CSV files whose size and mtime did not change since the previous scan."""
         ready: list[Path] = []
         current: dict[Path, tuple[int, float]] = {}
-        for p in sorted(self.folder.glob("*.csv")):
-            if p.name.endswith(".errors.csv") or not p.is_file():
+        for p in sorted(self.folder.iterdir()):
+            name = p.name.lower()
+            if not name.endswith(".csv") or name.endswith(".errors.csv") or not p.is_file():
                 continue
             st = p.stat()
             current[p] = (st.st_size, st.st_mtime)
@@ -45,13 +46,20 @@ class DropFolder:
         return ready
 
 
-def _move(path: Path, sub: str) -> Path:
+def _destination(path: Path, sub: str) -> Path:
+    """A free name for `path` under `sub`: never an earlier file, nor an earlier error report."""
     dest_dir = path.parent / sub
     dest_dir.mkdir(exist_ok=True)
-    dest = dest_dir / path.name
-    if dest.exists():  # never overwrite an earlier file of the same name
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-        dest = dest_dir / f"{path.stem}.{stamp}{path.suffix}"
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    dest, n = dest_dir / path.name, 1
+    while dest.exists() or dest.with_name(dest.name + ".errors.csv").exists():
+        dest = dest_dir / f"{path.stem}.{stamp}{f'-{n}' if n > 1 else ''}{path.suffix}"
+        n += 1
+    return dest
+
+
+def _move(path: Path, sub: str) -> Path:
+    dest = _destination(path, sub)
     shutil.move(str(path), dest)
     return dest
 
@@ -68,17 +76,22 @@ def process_file(
     engine: Engine, campaign_id: int, path: Path, now: datetime, mapping: str | None
 ) -> DropOutcome:
     """Import one ready file and file it away under processed/ or failed/."""
+    dest = _destination(path, PROCESSED)  # the error report goes beside it, under its name
     try:
-        report = path.parent / PROCESSED / (path.name + ".errors.csv")
-        report.parent.mkdir(exist_ok=True)
         result = import_contacts(
-            engine, campaign_id, path, now, mapping=mapping, error_report=report
+            engine,
+            campaign_id,
+            path,
+            now,
+            mapping=mapping,
+            error_report=dest.with_name(dest.name + ".errors.csv"),
         )
     except ImportFileError as exc:
         moved = _move(path, FAILED)
         moved.with_name(moved.name + ".error.txt").write_text(str(exc) + "\n", encoding="utf-8")
         return DropOutcome(path, moved, None, str(exc))
-    return DropOutcome(path, _move(path, PROCESSED), result, None)
+    shutil.move(str(path), dest)
+    return DropOutcome(path, dest, result, None)
 
 
 def watch(

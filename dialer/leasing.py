@@ -13,6 +13,9 @@ the strategy planner, or closed (every number on DNC).
 
 A lease that is not settled before it expires returns the contact to the state it was leased
 from, at the start of the next lease of that campaign (or through `release_expired_leases`).
+
+The statements are built once, with bound parameters, because a lease runs on every pacing
+tick: building and cache-keying them per call cost more than some of them take to run.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
     Connection,
     Engine,
+    Integer,
     Select,
     and_,
     bindparam,
@@ -47,6 +51,7 @@ from dialer.db.models import (
     Contact,
     DncEntry,
     DncList,
+    UtcDateTime,
 )
 from dialer.domain import (
     CONTACT_TRANSITIONS,
@@ -70,11 +75,15 @@ from strategies.compliance import (
 from strategies.model import AttemptView, CampaignPolicy, Close, ContactView, Dial
 from strategies.planner import next_action
 
-#: Fetch rounds per call. A round after the first happens only when candidates were refused;
-#: each refusal moves the contact out of the due set or on to a usable number, so one extra
-#: round is the norm and the bound only guards against a strategy that keeps picking a number
-#: on DNC.
+#: Fetch rounds per call. A round after the first happens only when more candidates were
+#: refused than `OVERFETCH` covers; each refusal moves the contact out of the due set or on to
+#: a usable number, so the bound only guards against a strategy that keeps picking a DNC number.
 MAX_ROUNDS = 8
+
+#: Extra candidates fetched per round (a fraction of those wanted, at least one), so that the
+#: few a lease refuses (DNC, a zone missing from `campaign_zones`) do not cost a second round.
+#: The extras stay locked until the transaction ends, and are not leased.
+OVERFETCH = 0.02
 
 #: `contacts.state_reason` is a VARCHAR(200); PostgreSQL refuses a longer value.
 REASON_CHARS = 200
@@ -83,15 +92,11 @@ REASON_CHARS = 200
 #: spells it (a bound parameter would stop PostgreSQL's generic plans from using the index).
 LEASED_SQL = f"state = '{ContactState.SENT_TO_DIALER.value}'"
 
-_PHONES = (Contact.phone1, Contact.phone2, Contact.phone3, Contact.phone4, Contact.phone5)
-_PARAMS = (
-    Contact.param1, Contact.param2, Contact.param3, Contact.param4, Contact.param5,
-    Contact.param6, Contact.param7, Contact.param8, Contact.param9, Contact.param10,
-    Contact.param11, Contact.param12,
-)
-
 AnySelect = Select[*tuple[Any, ...]]
 _Sel = TypeVar("_Sel", bound=GenerativeSelect)
+
+_STATES = {s.value: s for s in ContactState}
+_CHANNELS = {c.value: c for c in Channel}
 
 
 def _sources(new: ContactState) -> frozenset[ContactState]:
@@ -122,32 +127,128 @@ class LeasedContact:
     lease_expires_at: datetime
 
 
-@dataclass(frozen=True, slots=True)
-class _Candidate:
-    """One row of `lease_candidates_query`, with the number it would dial next resolved."""
+# --- statements --------------------------------------------------------------------------------
 
-    id: int
-    state: ContactState
-    tz: str
-    external_id: str | None
-    slot: int
-    number: str
-    channel: str
-    step: int | None
-    phones: tuple[str | None, ...]
-    params: tuple[str | None, ...]
 
-    @classmethod
-    def from_row(cls, row: Sequence[Any]) -> _Candidate:
-        cid, state, tz, external_id, next_phone, channel, step, *rest = row
-        phones, params = tuple(rest[:5]), tuple(rest[5:])
-        slot = next_phone if 1 <= (next_phone or 0) <= len(phones) else 1
-        if not phones[slot - 1]:
-            slot = 1  # an empty slot dials phone1, as the planner resolves it
-        number = phones[slot - 1]
-        assert number is not None  # phone1 is NOT NULL
-        return cls(cid, ContactState(state), tz, external_id, slot, number, channel, step,
-                   phones, params)
+def _in_list(name: str) -> Any:
+    """A list parameter for `IN`, written into the SQL text when the statement runs.
+
+    For the long lists of one lease round (contact ids, phone numbers): one bound parameter per
+    value costs more to render and send than the value itself. The statement stays cached.
+    """
+    return bindparam(name, expanding=True, literal_execute=True)
+
+
+def _candidates_statement(in_zones: bool) -> AnySelect:
+    stmt = (
+        select(
+            Contact.id, Contact.state, Contact.tz, Contact.external_id, Contact.next_phone,
+            Contact.next_channel, Contact.next_step,
+            Contact.phone1, Contact.phone2, Contact.phone3, Contact.phone4, Contact.phone5,
+            Contact.param1, Contact.param2, Contact.param3, Contact.param4, Contact.param5,
+            Contact.param6, Contact.param7, Contact.param8, Contact.param9, Contact.param10,
+            Contact.param11, Contact.param12,
+        )
+        .where(
+            Contact.campaign_id == bindparam("campaign_id"),
+            text(LEASABLE_SQL),
+            Contact.due_at <= bindparam("now", type_=UtcDateTime()),
+        )
+        .order_by(Contact.priority.desc(), Contact.due_at, Contact.id)
+        .limit(bindparam("n", type_=Integer()))
+    )
+    if in_zones:
+        stmt = stmt.where(Contact.tz.in_(bindparam("zones", expanding=True)))
+    return stmt
+
+
+#: Keyed by "filtered on zones".
+_CANDIDATES = {False: _candidates_statement(False), True: _candidates_statement(True)}
+
+_LEASE = (
+    update(Contact)
+    .where(Contact.id.in_(_in_list("ids")), Contact.state.in_(_LEASE_FROM))
+    .values(
+        state=ContactState.SENT_TO_DIALER.value,
+        leased_by=bindparam("node_id"),
+        lease_expires_at=bindparam("expires", type_=UtcDateTime()),
+        leased_from=Contact.state,
+        updated_at=bindparam("now", type_=UtcDateTime()),
+    )
+    .returning(Contact.id)
+)
+
+_EXPIRED = select(Contact.id).where(
+    Contact.campaign_id == bindparam("campaign_id"),
+    text(LEASED_SQL),
+    Contact.lease_expires_at < bindparam("now", type_=UtcDateTime()),
+)
+
+#: Back to the state it was leased from (pending if that is unknown), lease cleared.
+_RETURN_TO_POOL = {
+    "state": case(
+        (Contact.leased_from.in_(_RESTORE_TO), Contact.leased_from),
+        else_=ContactState.PENDING.value,
+    ),
+    "leased_by": None,
+    "lease_expires_at": None,
+    "leased_from": None,
+    "updated_at": bindparam("now", type_=UtcDateTime()),
+}
+
+_CAMPAIGN_TTL = select(Campaign.lease_ttl_s).where(Campaign.id == bindparam("campaign_id"))
+_CAMPAIGN_ZONES = select(CampaignZone.tz).where(
+    CampaignZone.campaign_id == bindparam("campaign_id")
+)
+
+_DNC = (
+    select(
+        DncEntry.value, DncEntry.is_prefix, DncEntry.expires_at, DncEntry.source,
+        DncEntry.campaign_id, DncList.name.label("list_name"),
+    )
+    .outerjoin(DncList, DncList.id == DncEntry.list_id)
+    .where(
+        or_(
+            and_(DncEntry.campaign_id.is_(None), DncEntry.list_id.is_(None)),
+            DncEntry.campaign_id == bindparam("campaign_id"),
+            DncEntry.list_id.in_(
+                select(CampaignDncList.list_id)
+                .where(CampaignDncList.campaign_id == bindparam("campaign_id"))
+            ),
+        ),
+        or_(DncEntry.expires_at.is_(None),
+            DncEntry.expires_at > bindparam("now", type_=UtcDateTime())),
+    )
+)
+# Two statements rather than one with OR (or a UNION): the exact entries come from the value
+# index, and PostgreSQL would run a UNION in parallel workers that cost more to start than both.
+_DNC_EXACT = _DNC.where(DncEntry.is_prefix.is_(False), DncEntry.value.in_(_in_list("numbers")))
+_DNC_PREFIXES = _DNC.where(DncEntry.is_prefix.is_(True))
+
+_RESCHEDULE = (
+    update(Contact)
+    .where(Contact.id == bindparam("b_id"))
+    .values(due_at=bindparam("b_due", type_=UtcDateTime()), state_reason=bindparam("b_reason"),
+            updated_at=bindparam("b_now", type_=UtcDateTime()))
+)
+
+_REPLAN = (
+    update(Contact)
+    .where(Contact.id == bindparam("b_id"))
+    .values(due_at=bindparam("b_due", type_=UtcDateTime()), next_phone=bindparam("b_phone"),
+            next_channel=bindparam("b_channel"), next_step=bindparam("b_step"),
+            state_reason=bindparam("b_reason"),
+            updated_at=bindparam("b_now", type_=UtcDateTime()))
+)
+
+
+def _candidate_params(
+    campaign_id: int, n: int, now: datetime, zones: Collection[str] | None
+) -> dict[str, Any]:
+    values: dict[str, Any] = {"campaign_id": campaign_id, "n": n, "now": now}
+    if zones is not None:
+        values["zones"] = sorted(zones)
+    return values
 
 
 def lease_candidates_query(
@@ -158,20 +259,9 @@ def lease_candidates_query(
     `zones` limits the contacts to those time zones (None: any zone). The predicate on the state
     is the literal `LEASABLE_SQL`, and the order is the column order of `ix_contacts_lease`, so
     both databases walk that partial index and stop after `n` rows: no sort, no scan of
-    contacts that are not leasable.
+    contacts that are not leasable. This is the statement `lease_due_contacts` runs.
     """
-    stmt = (
-        select(
-            Contact.id, Contact.state, Contact.tz, Contact.external_id, Contact.next_phone,
-            Contact.next_channel, Contact.next_step, *_PHONES, *_PARAMS,
-        )
-        .where(Contact.campaign_id == campaign_id, text(LEASABLE_SQL), Contact.due_at <= now)
-        .order_by(Contact.priority.desc(), Contact.due_at, Contact.id)
-        .limit(n)
-    )
-    if zones is not None:
-        stmt = stmt.where(Contact.tz.in_(sorted(zones)))
-    return stmt
+    return _CANDIDATES[zones is not None].params(_candidate_params(campaign_id, n, now, zones))
 
 
 def _claim(stmt: _Sel, conn: Connection) -> _Sel:
@@ -184,22 +274,7 @@ def _claim(stmt: _Sel, conn: Connection) -> _Sel:
     return stmt.with_for_update(skip_locked=True) if is_postgres(conn) else stmt
 
 
-def _restored_state() -> Any:
-    """SQL for the state a lease returns its contact to: the state it left, else pending."""
-    return case(
-        (Contact.leased_from.in_(_RESTORE_TO), Contact.leased_from),
-        else_=ContactState.PENDING.value,
-    )
-
-
-def _returned_to_pool(now: datetime) -> dict[str, Any]:
-    return {
-        "state": _restored_state(),
-        "leased_by": None,
-        "lease_expires_at": None,
-        "leased_from": None,
-        "updated_at": now,
-    }
+# --- leases ------------------------------------------------------------------------------------
 
 
 def release_expired_leases(conn: Connection, campaign_id: int, now: datetime) -> int:
@@ -208,45 +283,30 @@ def release_expired_leases(conn: Connection, campaign_id: int, now: datetime) ->
     Each goes back to the state it was leased from (`pending` if that is unknown), with its
     lease columns cleared. Runs in the caller's transaction; returns how many were released.
     """
-    expired = conn.scalars(_claim(
-        select(Contact.id).where(
-            Contact.campaign_id == campaign_id,
-            text(LEASED_SQL),
-            Contact.lease_expires_at < now,
-        ),
-        conn,
-    )).all()
+    expired = conn.scalars(
+        _claim(_EXPIRED, conn), {"campaign_id": campaign_id, "now": now}
+    ).all()
     if not expired:
         return 0
     result = conn.execute(
         update(Contact)
-        .where(_among(Contact.id, expired), text(LEASED_SQL))
-        .values(**_returned_to_pool(now))
+        .where(Contact.id.in_(_in_list("ids")), text(LEASED_SQL))
+        .values(**_RETURN_TO_POOL),
+        {"ids": expired, "now": now},
     )
     return int(result.rowcount)
-
-
-def _among(column: Any, values: Collection[Any]) -> Any:
-    """`column IN (values)` with the values written into the SQL text.
-
-    For the long lists of ids and numbers of one lease round: it spares a bound parameter per
-    value, which costs more to render and send than the value itself. The statement stays in
-    SQLAlchemy's cache; only the list is rendered per execution.
-    """
-    return column.in_(bindparam(f"{column.key}_list", sorted(values), expanding=True,
-                                literal_execute=True))
 
 
 def release_lease(
     engine: Engine, contact_id: int, node_id: str, *, now: datetime | None = None
 ) -> bool:
     """Hand back a leased contact unused. Returns False if `node_id` no longer holds its lease."""
-    now = now or datetime.now(UTC)
     with write_transaction(engine) as conn:
         result = conn.execute(
             update(Contact)
             .where(Contact.id == contact_id, text(LEASED_SQL), Contact.leased_by == node_id)
-            .values(**_returned_to_pool(now))
+            .values(**_RETURN_TO_POOL),
+            {"now": now or datetime.now(UTC)},
         )
         return bool(result.rowcount)
 
@@ -261,18 +321,17 @@ def lease_due_contacts(
     zone, DNC on the number it would dial next), and the allowed ones move to `sent_to_dialer`
     with `leased_by=node_id` until `now + lease_ttl_s`. Refused ones are rescheduled, moved on
     to their next usable number, or closed, and more candidates are fetched in their place.
+    Raises LookupError for an unknown campaign.
     """
     if n <= 0:
         return []
     with write_transaction(engine) as conn:
         release_expired_leases(conn, campaign_id, now)
-        ttl_s = conn.scalar(select(Campaign.lease_ttl_s).where(Campaign.id == campaign_id))
+        ttl_s = conn.scalar(_CAMPAIGN_TTL, {"campaign_id": campaign_id})
         if ttl_s is None:
             raise LookupError(f"no campaign with id {campaign_id}")
         policy = campaign_policy(conn, campaign_id)
-        known = set(conn.scalars(select(CampaignZone.tz).where(
-            CampaignZone.campaign_id == campaign_id
-        )))
+        known = set(conn.scalars(_CAMPAIGN_ZONES, {"campaign_id": campaign_id}))
         open_zones = zones_open(
             (z for z in known if _is_zone(z)), now, policy.calling_hours, policy.holidays
         )
@@ -282,15 +341,19 @@ def lease_due_contacts(
         # let the exact check below decide, rather than stall the campaign.
         zone_filter = open_zones if open_zones != known else None
         screen = _Screen(conn, campaign_id, policy, now)
-        lease = _Lease(node_id, now, now + timedelta(seconds=ttl_s), campaign_id)
+        expires = now + timedelta(seconds=ttl_s)
         leased: list[LeasedContact] = []
         for _ in range(MAX_ROUNDS):
             want = n - len(leased)
-            stmt = _claim(lease_candidates_query(campaign_id, want, now, zone_filter), conn)
-            rows = [_Candidate.from_row(r) for r in conn.execute(stmt)]
-            allowed = screen.allowed(rows)
-            leased += lease.mark(conn, allowed)
-            if len(allowed) == len(rows) or len(leased) >= n:
+            fetch = want + max(1, int(want * OVERFETCH))
+            rows = conn.execute(
+                _claim(_CANDIDATES[zone_filter is not None], conn),
+                _candidate_params(campaign_id, fetch, now, zone_filter),
+            )
+            candidates = [_candidate(r) for r in rows]
+            allowed = screen.allowed(candidates)
+            leased += _mark_leased(conn, allowed[:want], campaign_id, node_id, now, expires)
+            if len(leased) >= n or len(allowed) == len(candidates):
                 break
         return leased
 
@@ -303,35 +366,49 @@ def _is_zone(name: str) -> bool:
     return True
 
 
-class _Lease:
-    def __init__(self, node_id: str, now: datetime, expires: datetime, campaign_id: int) -> None:
-        self.node_id, self.now, self.expires, self.campaign_id = node_id, now, expires, campaign_id
+class _Candidate(NamedTuple):
+    """One row of the candidate query, with the number it would dial next resolved."""
 
-    def mark(self, conn: Connection, rows: Sequence[_Candidate]) -> list[LeasedContact]:
-        """Move `rows` to `sent_to_dialer`; the leased contacts, in the order of `rows`."""
-        if not rows:
-            return []
-        done = set(conn.scalars(
-            update(Contact)
-            .where(_among(Contact.id, [r.id for r in rows]), Contact.state.in_(_LEASE_FROM))
-            .values(
-                state=ContactState.SENT_TO_DIALER.value,
-                leased_by=self.node_id,
-                lease_expires_at=self.expires,
-                leased_from=Contact.state,
-                updated_at=self.now,
-            )
-            .returning(Contact.id)
-        ))
-        return [
-            LeasedContact(
-                contact_id=r.id, campaign_id=self.campaign_id, phone_index=r.slot,
-                number=r.number, channel=Channel(r.channel), step=r.step, tz=r.tz,
-                external_id=r.external_id, params=r.params, lease_expires_at=self.expires,
-            )
-            for r in rows
-            if r.id in done
-        ]
+    id: int
+    state: ContactState
+    tz: str
+    external_id: str | None
+    slot: int
+    number: str
+    channel: Channel
+    step: int | None
+    phones: tuple[str | None, ...]
+    params: tuple[str | None, ...]
+
+
+def _candidate(row: Sequence[Any]) -> _Candidate:
+    phones, params = tuple(row[7:12]), tuple(row[12:24])
+    slot = row[4] if row[4] in (1, 2, 3, 4, 5) else 1
+    if not phones[slot - 1]:
+        slot = 1  # an empty slot dials phone1, as the planner resolves it
+    return _Candidate(row[0], _STATES[row[1]], row[2], row[3], slot, phones[slot - 1],
+                      _CHANNELS[row[5]], row[6], phones, params)
+
+
+def _mark_leased(
+    conn: Connection, rows: Sequence[_Candidate], campaign_id: int, node_id: str,
+    now: datetime, expires: datetime,
+) -> list[LeasedContact]:
+    """Move `rows` to `sent_to_dialer`; the leased contacts, in the order of `rows`."""
+    if not rows:
+        return []
+    done = set(conn.scalars(
+        _LEASE, {"ids": [r.id for r in rows], "node_id": node_id, "expires": expires, "now": now}
+    ))
+    return [
+        LeasedContact(r.id, campaign_id, r.slot, r.number, r.channel, r.step, r.tz,
+                      r.external_id, r.params, expires)
+        for r in rows
+        if r.id in done
+    ]
+
+
+# --- the checks before a lease -----------------------------------------------------------------
 
 
 class _Screen:
@@ -345,7 +422,7 @@ class _Screen:
         self._prefix_rules: list[DncRule] | None = None
 
     def allowed(self, rows: Sequence[_Candidate]) -> list[_Candidate]:
-        """The rows that may be leased; every refused row is updated in the database."""
+        """The rows that may be leased, in order; every refused row is updated in the database."""
         if not rows:
             return []
         by_hours: list[tuple[_Candidate, Refusal]] = []
@@ -358,14 +435,13 @@ class _Screen:
                 by_hours.append((r, refusal))
         self._reschedule(by_hours)
         if self._prefix_rules is None:  # read once per lease call, like the campaign settings
-            self._prefix_rules = self._dnc_rules((), prefixes=True)
-        exact = self._dnc_rules({r.number for r in passed}, prefixes=False)
-        rules = [*self._prefix_rules, *exact]
+            self._prefix_rules = self._dnc_rules(prefixes=True)
+        rules = [*self._prefix_rules, *self._dnc_rules({r.number for r in passed})]
         matcher = DncMatcher(rules)
         allowed: list[_Candidate] = []
         by_dnc: list[tuple[_Candidate, Refusal]] = []
         for r in passed:
-            refusal = matcher.refusal(r.number, self.now)
+            refusal = matcher.refusal(r.number, self.now) if rules else None
             if refusal is None:
                 allowed.append(r)
             else:
@@ -386,60 +462,35 @@ class _Screen:
 
     def _reschedule(self, refused: Sequence[tuple[_Candidate, Refusal]]) -> None:
         """Calling hours: not before the window opens (never, if it never opens)."""
-        if not refused:
-            return
-        self.conn.execute(
-            update(Contact)
-            .where(Contact.id == bindparam("b_id"))
-            .values(due_at=bindparam("b_due"), state_reason=bindparam("b_reason"),
-                    updated_at=self.now),
-            [
-                {"b_id": r.id, "b_due": refusal.until, "b_reason": _reason(refusal)}
+        if refused:
+            self.conn.execute(_RESCHEDULE, [
+                {"b_id": r.id, "b_due": refusal.until, "b_reason": _reason(refusal),
+                 "b_now": self.now}
                 for r, refusal in refused
-            ],
-        )
+            ])
 
-    def _dnc_rules(self, numbers: Collection[str], *, prefixes: bool) -> list[DncRule]:
-        """The active DNC entries that apply to the campaign: exact ones for `numbers`, and
-        every prefix entry when `prefixes`."""
-        cid = self.campaign_id
-        base = (
-            select(
-                DncEntry.value, DncEntry.is_prefix, DncEntry.expires_at, DncEntry.source,
-                DncEntry.campaign_id, DncList.name.label("list_name"),
-            )
-            .outerjoin(DncList, DncList.id == DncEntry.list_id)
-            .where(
-                or_(
-                    and_(DncEntry.campaign_id.is_(None), DncEntry.list_id.is_(None)),
-                    DncEntry.campaign_id == cid,
-                    DncEntry.list_id.in_(
-                        select(CampaignDncList.list_id).where(CampaignDncList.campaign_id == cid)
-                    ),
-                ),
-                or_(DncEntry.expires_at.is_(None), DncEntry.expires_at > self.now),
-            )
-        )
-        # Two statements rather than a UNION: PostgreSQL would plan the union in parallel
-        # workers, whose start-up costs more than both queries together.
-        stmts = []
-        if numbers:
-            stmts.append(base.where(DncEntry.is_prefix.is_(False),
-                                    _among(DncEntry.value, numbers)))
+    def _dnc_rules(self, numbers: Collection[str] = (), *, prefixes: bool = False
+                   ) -> list[DncRule]:
+        """The active DNC entries that apply to the campaign: the exact ones for `numbers`,
+        or every prefix entry."""
+        if not numbers and not prefixes:
+            return []
+        values: dict[str, Any] = {"campaign_id": self.campaign_id, "now": self.now}
         if prefixes:
-            stmts.append(base.where(DncEntry.is_prefix.is_(True)))
+            stmt = _DNC_PREFIXES
+        else:
+            stmt, values["numbers"] = _DNC_EXACT, sorted(numbers)
         return [
             DncRule(
                 value=e.value, is_prefix=bool(e.is_prefix), expires_at=e.expires_at,
                 scope=(
-                    "campaign" if e.campaign_id == cid
+                    "campaign" if e.campaign_id == self.campaign_id
                     else f"list:{e.list_name}" if e.list_name is not None
                     else "global"
                 ),
                 source=e.source,
             )
-            for stmt in stmts
-            for e in self.conn.execute(stmt)
+            for e in self.conn.execute(stmt, values)
         ]
 
     def _replan(self, refused: Sequence[tuple[_Candidate, Refusal]], rules: list[DncRule]) -> None:
@@ -449,7 +500,7 @@ class _Screen:
         the exact entries for their other numbers are loaded here.
         """
         others = {p for r, _ in refused for p in r.phones if p}
-        matcher = DncMatcher([*rules, *self._dnc_rules(others, prefixes=False)])
+        matcher = DncMatcher([*rules, *self._dnc_rules(others)])
         history = self._attempts([r.id for r, _ in refused])
         dials: list[dict[str, Any]] = []
         for r, refusal in refused:
@@ -466,34 +517,28 @@ class _Screen:
                 dials.append({
                     "b_id": r.id, "b_due": action.earliest, "b_phone": action.phone_index,
                     "b_channel": action.channel.value, "b_step": action.step,
-                    "b_reason": _reason(refusal, *action.delayed_by),
+                    "b_reason": _reason(refusal, *action.delayed_by), "b_now": self.now,
                 })
             else:
                 self._close(r, action)
         if dials:
-            self.conn.execute(
-                update(Contact)
-                .where(Contact.id == bindparam("b_id"))
-                .values(due_at=bindparam("b_due"), next_phone=bindparam("b_phone"),
-                        next_channel=bindparam("b_channel"), next_step=bindparam("b_step"),
-                        state_reason=bindparam("b_reason"), updated_at=self.now),
-                dials,
-            )
+            self.conn.execute(_REPLAN, dials)
 
     def _close(self, row: _Candidate, close: Close) -> None:
-        old = row.state
         values: dict[str, Any] = {"due_at": None, "updated_at": self.now}
         try:
-            check_contact_transition(old, close.state)
+            check_contact_transition(row.state, close.state)
         except IllegalTransition as exc:
             # The planner closed it in a state this one cannot reach automatically (say a
             # callback that ran out of attempts): keep the state, out of the pool, and say why.
-            values["state_reason"] = _reason(close.refusal, note=f"kept {old.value}: {exc}")
+            values["state_reason"] = _reason(close.refusal, note=f"kept {row.state.value}: {exc}")
         else:
             values["state"] = close.state.value
             values["state_reason"] = _reason(close.refusal)
         self.conn.execute(
-            update(Contact).where(Contact.id == row.id, Contact.state == old.value).values(**values)
+            update(Contact)
+            .where(Contact.id == row.id, Contact.state == row.state.value)
+            .values(**values)
         )
 
     def _attempts(self, contact_ids: Sequence[int]) -> dict[int, list[AttemptView]]:

@@ -111,6 +111,7 @@ class CallingHours:
             return cls()
         if not isinstance(data, Mapping):
             raise ComplianceConfigError(f"{where}: expected a table of weekday windows")
+        data = {str(k).lower(): v for k, v in data.items()}  # "Sun" is as good as "sun"
         unknown = set(data) - {"default", *WEEKDAYS}
         if unknown:
             raise ComplianceConfigError(

@@ -255,3 +255,11 @@ def test_load_unknown_strategy_names_it_and_lists_the_known_ones(sqlite_engine: 
         load_strategy(conn, "nope")
     assert str(exc.value) == (
         "no strategy named 'nope'; known: default, mobile-first, sms-only, voice-then-sms")
+
+
+def test_an_all_digit_campaign_name_is_found_by_its_name(sqlite_engine: Engine) -> None:
+    first = create_campaign(sqlite_engine, "first", NOW)
+    named = create_campaign(sqlite_engine, str(first), NOW)  # a campaign called "1"
+    with sqlite_engine.connect() as conn:
+        assert find_campaign_id(conn, str(first)) == named
+        assert find_campaign_id(conn, str(named)) == named

@@ -438,3 +438,8 @@ def test_uk_abandon_72_hours_are_elapsed_time_across_the_clock_change() -> None:
 
 def test_refusal_prints_its_rule_and_detail() -> None:
     assert str(Refusal(Rule.DNC, "+1 matches")) == "dnc: +1 matches"
+
+
+def test_weekday_keys_are_case_insensitive() -> None:
+    hours = CallingHours.from_dict({"Sun": None, "DEFAULT": "09:00-20:00"})
+    assert hours.to_dict()["sun"] is None and hours.to_dict()["mon"] == "09:00-20:00"

@@ -77,14 +77,16 @@ def pg_plans(conn: Connection, stmt: AnySelect) -> dict[str, str]:
     plans = {}
     literal = conn.execute(text("EXPLAIN " + literal_sql(conn, stmt))).scalars()
     plans["literal"] = "\n".join(literal)
-    compiled = stmt.compile(dialect=psycopg.dialect(paramstyle="numeric_dollar"),
-                            compile_kwargs={"render_postcompile": True})
-    conn.exec_driver_sql(f"PREPARE lease_q AS {compiled.string}")
+    expanded = stmt.compile(
+        dialect=psycopg.dialect(paramstyle="numeric_dollar")
+    ).construct_expanded_state()
+    conn.exec_driver_sql(f"PREPARE lease_q AS {expanded.statement}")
     try:
         conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
         raw = conn.connection.driver_connection
         args = ", ".join(
-            pgsql.Literal(compiled.params[k]).as_string(raw) for k in compiled.positiontup or ()
+            pgsql.Literal(expanded.parameters[k]).as_string(raw)
+            for k in expanded.positiontup or ()
         )
         generic = conn.exec_driver_sql(f"EXPLAIN EXECUTE lease_q({args})").scalars()
         plans["generic"] = "\n".join(generic)
