@@ -24,12 +24,12 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, insert, text
+from sqlalchemy import Engine, create_engine, event, insert, text
 
 from dialer.campaigns import create_campaign
 from dialer.db import make_engine, migrate, write_transaction
@@ -158,11 +158,19 @@ def load_postgres(engine: Engine, cid: int, n: int, seed: int) -> None:
         conn.exec_driver_sql("ANALYZE dnc_entries")
 
 
-def time_leases(engine: Engine, cid: int, batch: int, runs: int) -> tuple[list[float], int]:
-    """One warm-up lease, then `runs` timed ones (ms); also how many contacts were leased."""
+def time_leases(
+    engine: Engine, cid: int, batch: int, runs: int,
+    between: Callable[[], None] | None = None,
+) -> tuple[list[float], int]:
+    """One warm-up lease, then `runs` timed ones (ms); also how many contacts were leased.
+
+    `between` runs, untimed, before each timed lease.
+    """
     leased = len(lease_due_contacts(engine, cid, batch, NOW, "bench-warmup"))
     times = []
     for k in range(runs):
+        if between is not None:
+            between()
         t0 = time.perf_counter()
         got = lease_due_contacts(engine, cid, batch, NOW, f"bench{k}")
         times.append((time.perf_counter() - t0) * 1000)
@@ -179,17 +187,32 @@ def report(name: str, n: int, batch: int, times: list[float], build_s: float) ->
     )
 
 
-def bench_sqlite(n: int, batch: int, runs: int, seed: int) -> None:
+def bench_sqlite(n: int, batch: int, runs: int, seed: int, pragmas: list[str]) -> None:
+    """SQLite with `make_engine`'s settings, plus `pragmas` (a diagnostic: see --sqlite-pragma)."""
     with tempfile.TemporaryDirectory() as tmp:
         engine = make_engine(f"sqlite:///{Path(tmp) / 'bench.db'}")
+        name, between = "sqlite", None
+        if pragmas:
+
+            @event.listens_for(engine, "connect")
+            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+                for p in pragmas:
+                    dbapi_conn.execute(f"PRAGMA {p}")
+
+            def checkpoint() -> None:
+                with engine.connect() as conn:
+                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+            name = f"sqlite ({', '.join(pragmas)}; WAL checkpoint between runs)"
+            between = checkpoint
         try:
             t0 = time.perf_counter()
             migrate(engine)
             cid = new_campaign(engine)
             load_sqlite(engine, cid, n, seed)
             build_s = time.perf_counter() - t0
-            times, _ = time_leases(engine, cid, batch, runs)
-            report("sqlite", n, batch, times, build_s)
+            times, _ = time_leases(engine, cid, batch, runs, between)
+            report(name, n, batch, times, build_s)
         finally:
             engine.dispose()
 
@@ -239,10 +262,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--sqlite-only", action="store_true")
     ap.add_argument("--pg-url", default=os.environ.get("PACELINE_TEST_PG_URL", DEFAULT_PG_URL))
+    ap.add_argument(
+        "--sqlite-pragma", action="append", default=[], metavar="NAME=VALUE",
+        help="diagnostic: add a PRAGMA to the SQLite connections and checkpoint the WAL\n"
+             "between timed runs, e.g. wal_autocheckpoint=0 (a background checkpointer)",
+    )
     args = ap.parse_args(argv)
     if args.contacts < 1 or args.runs < 1 or args.batch < 1:
         ap.error("--contacts, --runs and --batch must be at least 1")
-    bench_sqlite(args.contacts, args.batch, args.runs, args.seed)
+    bench_sqlite(args.contacts, args.batch, args.runs, args.seed, args.sqlite_pragma)
     if not args.sqlite_only:
         bench_postgres(args.pg_url, args.contacts, args.batch, args.runs, args.seed)
     return 0

@@ -220,8 +220,10 @@ _DNC = (
             DncEntry.expires_at > bindparam("now", type_=UtcDateTime())),
     )
 )
-# Two statements rather than one with OR (or a UNION): the exact entries come from the value
-# index, and PostgreSQL would run a UNION in parallel workers that cost more to start than both.
+# Two statements rather than one: with `is_prefix OR value IN (...)` both databases scan the
+# whole table instead of using the value index for the exact entries, and PostgreSQL runs a
+# UNION of the two in parallel workers that cost more to start than both queries together.
+# (There is no index on `is_prefix`: the prefix query reads the whole table; see `_Screen`.)
 _DNC_EXACT = _DNC.where(DncEntry.is_prefix.is_(False), DncEntry.value.in_(_in_list("numbers")))
 _DNC_PREFIXES = _DNC.where(DncEntry.is_prefix.is_(True))
 
@@ -349,7 +351,7 @@ def lease_due_contacts(
             rows = conn.execute(
                 _claim(_CANDIDATES[zone_filter is not None], conn),
                 _candidate_params(campaign_id, fetch, now, zone_filter),
-            )
+            ).all()
             candidates = [_candidate(r) for r in rows]
             allowed = screen.allowed(candidates)
             leased += _mark_leased(conn, allowed[:want], campaign_id, node_id, now, expires)
@@ -399,7 +401,7 @@ def _mark_leased(
         return []
     done = set(conn.scalars(
         _LEASE, {"ids": [r.id for r in rows], "node_id": node_id, "expires": expires, "now": now}
-    ))
+    ).all())
     return [
         LeasedContact(r.id, campaign_id, r.slot, r.number, r.channel, r.step, r.tz,
                       r.external_id, r.params, expires)
@@ -490,7 +492,7 @@ class _Screen:
                 ),
                 source=e.source,
             )
-            for e in self.conn.execute(stmt, values)
+            for e in self.conn.execute(stmt, values).all()
         ]
 
     def _replan(self, refused: Sequence[tuple[_Candidate, Refusal]], rules: list[DncRule]) -> None:

@@ -77,9 +77,8 @@ def pg_plans(conn: Connection, stmt: AnySelect) -> dict[str, str]:
     plans = {}
     literal = conn.execute(text("EXPLAIN " + literal_sql(conn, stmt))).scalars()
     plans["literal"] = "\n".join(literal)
-    expanded = stmt.compile(
-        dialect=psycopg.dialect(paramstyle="numeric_dollar")
-    ).construct_expanded_state()
+    numbered = psycopg.dialect(paramstyle="numeric_dollar")  # type: ignore[no-untyped-call]
+    expanded = stmt.compile(dialect=numbered).construct_expanded_state()
     conn.exec_driver_sql(f"PREPARE lease_q AS {expanded.statement}")
     try:
         conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import Engine, Row, insert, select
 
 from dialer.db import write_transaction
-from dialer.db.models import Contact, DncEntry, DncList
+from dialer.db.models import Attempt, Contact, DncEntry, DncList
 from dialer.leasing import lease_due_contacts, release_expired_leases, release_lease
 from tests.factories import add_contacts, make_campaign
 
@@ -31,6 +31,18 @@ def lease_ids(engine: Engine, cid: int, n: int = 100, now: datetime = NOW,
 def add_dnc(engine: Engine, value: str, **kw: Any) -> None:
     with write_transaction(engine) as conn:
         conn.execute(insert(DncEntry).values(value=value, created_at=NOW, **kw))
+
+
+def add_attempts(engine: Engine, cid: int, contact_id: int, placed: list[tuple[datetime, int, str]]
+                 ) -> None:
+    """Finished voice attempts: (placed_at, phone_index, outcome), step = phone_index - 1."""
+    with write_transaction(engine) as conn:
+        conn.execute(insert(Attempt), [
+            {"contact_id": contact_id, "campaign_id": cid, "step": slot - 1, "phone_index": slot,
+             "number": f"+1212555000{slot}", "channel": "voice", "placed_at": at,
+             "outcome": outcome}
+            for at, slot, outcome in placed
+        ])
 
 
 def dnc_list_id(engine: Engine, name: str) -> int:
@@ -198,6 +210,16 @@ def test_contacts_in_a_closed_zone_stay_in_the_pool_untouched(engine: Engine) ->
         assert (row.state, row.due_at, row.state_reason) == ("pending", NOW, None)
 
 
+def test_contact_in_an_unknown_zone_is_never_leased(engine: Engine) -> None:
+    cid = make_campaign(engine, NOW)
+    (c,) = add_contacts(engine, cid, [{"tz": "Mars/Olympus_Mons"}], NOW, zones=False)
+    add_contacts(engine, cid, [{}], NOW)
+    assert c not in lease_ids(engine, cid)
+    row = contact(engine, c)
+    assert (row.state, row.due_at) == ("pending", None)
+    assert "unknown time zone 'Mars/Olympus_Mons'" in row.state_reason
+
+
 def test_no_zone_open_leases_nothing(engine: Engine) -> None:
     cid = make_campaign(engine, NOW)
     (hnl,) = add_contacts(engine, cid, [{"tz": "Pacific/Honolulu"}], NOW)
@@ -232,6 +254,43 @@ def test_contact_closes_as_dnc_listed_when_every_number_is_dnc(engine: Engine) -
     row = contact(engine, c)
     assert (row.state, row.due_at, row.leased_by) == ("dnc_listed", None, None)
     assert row.state_reason.startswith("dnc: ")
+
+
+def test_dnc_on_a_retried_contact_waits_for_the_retry_delay_on_the_next_phone(
+    engine: Engine,
+) -> None:
+    cid = make_campaign(engine, NOW)
+    (c,) = add_contacts(engine, cid, [{
+        "state": "not_connected", "phone1": "+12125550001", "phone2": "+12125550002",
+        "next_step": 0, "due_at": NOW - timedelta(minutes=5),
+    }], NOW)
+    placed = NOW - timedelta(minutes=10)
+    add_attempts(engine, cid, c, [(placed, 1, "no_answer")])
+    add_dnc(engine, "+12125550001")
+    assert lease_ids(engine, cid) == []
+    row = contact(engine, c)
+    # The default strategy waits 1 h after no answer; phone1 is now DNC, so its second step
+    # (index 1, phone2) is next.
+    assert (row.state, row.next_phone, row.next_step, row.due_at) == (
+        "not_connected", 2, 1, placed + timedelta(hours=1))
+
+
+def test_callback_that_cannot_close_as_the_planner_says_stays_out_of_the_pool(
+    engine: Engine,
+) -> None:
+    cid = make_campaign(engine, NOW)  # default strategy: at most 8 attempts
+    (cb,) = add_contacts(engine, cid, [{
+        "state": "callback_scheduled", "phone1": "+12125550001", "phone2": "+12125550002",
+    }], NOW)
+    add_attempts(engine, cid, cb, [(NOW - timedelta(hours=k + 1), 2, "no_answer")
+                                   for k in range(8)])
+    add_dnc(engine, "+12125550001")
+    assert lease_ids(engine, cid) == []
+    row = contact(engine, cb)
+    # callback_scheduled -> retries_completed is not an automatic move: the state stays.
+    assert (row.state, row.due_at) == ("callback_scheduled", None)
+    assert row.state_reason.startswith("max_attempts: 8 of 8 attempts used")
+    assert "kept callback_scheduled" in row.state_reason
 
 
 def test_dnc_scope_is_global_own_campaign_and_referenced_lists(engine: Engine) -> None:
