@@ -1,17 +1,21 @@
 """Lease speed on a large campaign, on SQLite and PostgreSQL.
 
-Builds one campaign of N contacts (default 1,000,000) the way a real list looks after a day of
-dialing: priorities 0-2, due times spread over the past day, ~10% in states that cannot be
-leased, seven US zones (Honolulu closed at the benchmark's instant, so the zone filter is on),
-and a DNC table of 50,000 entries of which some hit the contacts. Then it times
-`lease_due_contacts(..., 1000, ...)` several times (each call leases the next 1000) after one
-untimed warm-up call, and prints the median and the maximum. Goal: median < 50 ms.
+Builds a campaign of N contacts (default 1,000,000) in two layouts:
+- `worked`: a list after a day of dialing. Priorities 0-2, due times spread over the past
+  day, ~10% in states that cannot be leased, so one lease touches ~1,000 scattered rows.
+- `fresh`: a list just imported. All pending, one priority, one due time: the lease order
+  is the insert order.
+Both have seven US zones (Honolulu closed at the benchmark's instant, so the zone filter is on)
+and a DNC table of 50,000 entries of which some hit the contacts. Each timed call leases the
+next 1,000 (`lease_due_contacts`), after one untimed warm-up; it prints the median and the
+maximum. Goal: median < 50 ms. SQLite is timed with its own checkpoints (inside commits) and
+with the background `WalCheckpointer` the dialer service runs.
 
 SQLite runs in a file in a temporary directory; PostgreSQL in a temporary schema of the
 server at `--pg-url` (default `$PACELINE_TEST_PG_URL`, else postgres@127.0.0.1/test), dropped
 at the end. PostgreSQL is skipped with a message when unreachable.
 
-    python bench/lease.py [--contacts N] [--runs R] [--batch B] [--sqlite-only]
+    python bench/lease.py [--contacts N] [--runs R] [--batch B] [--layout L] [--sqlite-only]
 """
 
 from __future__ import annotations
@@ -29,10 +33,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, insert, text
+from sqlalchemy import Engine, create_engine, insert, text
 
 from dialer.campaigns import create_campaign
-from dialer.db import make_engine, migrate, write_transaction
+from dialer.db import WalCheckpointer, make_engine, migrate, write_transaction
 from dialer.db.models import CampaignZone, Contact, DncEntry
 from dialer.leasing import lease_due_contacts
 
@@ -67,8 +71,20 @@ DNC_ENTRIES = 50_000
 DNC_HIT_EVERY = 400  # one contact in 400 has its phone1 on the DNC list
 
 
-def contact_rows(campaign_id: int, n: int, seed: int) -> Iterator[tuple[Any, ...]]:
-    """The same N contacts for both databases, as tuples in `COLUMNS` order."""
+LAYOUTS = ("worked", "fresh")
+
+
+def contact_rows(campaign_id: int, n: int, seed: int, layout: str = "worked"
+                 ) -> Iterator[tuple[Any, ...]]:
+    """The same N contacts for both databases, as tuples in `COLUMNS` order.
+
+    `worked`: a list after a day of dialing; priorities and due times are scattered, so the
+    contacts of one lease sit on ~1,000 different pages. `fresh`: a list just imported; every
+    contact pending, same priority and due time, so the lease order is the insert order.
+    """
+    if layout == "fresh":
+        yield from _fresh_rows(campaign_id, n, seed)
+        return
     rng = random.Random(seed)
     zones = rng.choices(range(len(ZONES)), [w for _, w, _ in ZONES], k=n)
     states = rng.choices([s for s, _ in STATES], [w for _, w in STATES], k=n)
@@ -84,6 +100,21 @@ def contact_rows(campaign_id: int, n: int, seed: int) -> Iterator[tuple[Any, ...
             tz, state, rng.choice((0, 0, 0, 1, 1, 2)),
             NOW - timedelta(seconds=rng.randint(1, 86_400)),
             0 if state == "pending" else rng.randint(1, 4), 1, "voice", created, created,
+        )
+
+
+def _fresh_rows(campaign_id: int, n: int, seed: int) -> Iterator[tuple[Any, ...]]:
+    rng = random.Random(seed)
+    zones = rng.choices(range(len(ZONES)), [w for _, w, _ in ZONES], k=n)
+    imported = NOW - timedelta(hours=1)
+    for i in range(n):
+        tz, _, codes = ZONES[zones[i]]
+        phone1 = f"+1{rng.choice(codes)}{2_000_000 + i:07d}"
+        phone2 = f"+1{rng.choice(codes)}{9_000_000 - i:07d}" if i % 10 < 3 else None
+        yield (
+            campaign_id, f"C{i:08d}", phone1, phone1, phone2, phone2,
+            f"Name{i % 997}", rng.choice(("gold", "silver", "basic")), f"{i % 9000:.2f}",
+            tz, "pending", 0, imported, 0, 1, "voice", imported, imported,
         )
 
 
@@ -107,7 +138,7 @@ def dnc_rows(values: list[str]) -> list[dict[str, Any]]:
              "source": "import", "created_at": NOW} for v in values]
 
 
-def load_sqlite(engine: Engine, cid: int, n: int, seed: int) -> None:
+def load_sqlite(engine: Engine, cid: int, n: int, seed: int, layout: str = "worked") -> None:
     """Core executemany in chunks, one transaction per chunk."""
     hits: list[str] = []
     chunk: list[dict[str, Any]] = []
@@ -118,7 +149,7 @@ def load_sqlite(engine: Engine, cid: int, n: int, seed: int) -> None:
             conn.execute(stmt, chunk)
         chunk.clear()
 
-    for k, row in enumerate(contact_rows(cid, n, seed)):
+    for k, row in enumerate(contact_rows(cid, n, seed, layout)):
         chunk.append(dict(zip(COLUMNS, row, strict=True)))
         if k % DNC_HIT_EVERY == 0:
             hits.append(row[3])
@@ -132,7 +163,7 @@ def load_sqlite(engine: Engine, cid: int, n: int, seed: int) -> None:
         conn.exec_driver_sql("ANALYZE")
 
 
-def load_postgres(engine: Engine, cid: int, n: int, seed: int) -> None:
+def load_postgres(engine: Engine, cid: int, n: int, seed: int, layout: str = "worked") -> None:
     """psycopg COPY, in one transaction."""
     hits: list[str] = []
     raw = engine.raw_connection()
@@ -141,7 +172,7 @@ def load_postgres(engine: Engine, cid: int, n: int, seed: int) -> None:
         assert pg is not None
         with pg.cursor() as cur:
             with cur.copy(f"COPY contacts ({', '.join(COLUMNS)}) FROM STDIN") as copy:
-                for k, row in enumerate(contact_rows(cid, n, seed)):
+                for k, row in enumerate(contact_rows(cid, n, seed, layout)):
                     copy.write_row(row)
                     if k % DNC_HIT_EVERY == 0:
                         hits.append(row[3])
@@ -158,6 +189,21 @@ def load_postgres(engine: Engine, cid: int, n: int, seed: int) -> None:
         conn.exec_driver_sql("ANALYZE dnc_entries")
 
 
+def settle(engine: Engine) -> None:
+    """Start the timing on a quiet disk: flush what the build (or an earlier phase) left.
+
+    Without this the kernel is still writing back the previous database's pages while the
+    next one is timed, and the figures measure the bench, not the lease.
+    """
+    os.sync()
+
+
+def checkpoint_postgres(engine: Engine) -> None:
+    """Force a PostgreSQL checkpoint: the next change to every page logs the whole page."""
+    with engine.connect() as conn:
+        conn.execution_options(isolation_level="AUTOCOMMIT").exec_driver_sql("CHECKPOINT")
+
+
 def time_leases(
     engine: Engine, cid: int, batch: int, runs: int,
     between: Callable[[], None] | None = None,
@@ -166,6 +212,7 @@ def time_leases(
 
     `between` runs, untimed, before each timed lease.
     """
+    settle(engine)
     leased = len(lease_due_contacts(engine, cid, batch, NOW, "bench-warmup"))
     times = []
     for k in range(runs):
@@ -187,32 +234,27 @@ def report(name: str, n: int, batch: int, times: list[float], build_s: float) ->
     )
 
 
-def bench_sqlite(n: int, batch: int, runs: int, seed: int, pragmas: list[str]) -> None:
-    """SQLite with `make_engine`'s settings, plus `pragmas` (a diagnostic: see --sqlite-pragma)."""
+def bench_sqlite(n: int, batch: int, runs: int, seed: int, layout: str) -> None:
+    """SQLite as `make_engine` sets it up, timed twice on the same database.
+
+    First with SQLite's own automatic checkpoints (inside whichever commit crosses 1,000 WAL
+    pages), then with a `WalCheckpointer` on a background thread, as the dialer service runs.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         engine = make_engine(f"sqlite:///{Path(tmp) / 'bench.db'}")
-        name, between = "sqlite", None
-        if pragmas:
-
-            @event.listens_for(engine, "connect")
-            def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-                for p in pragmas:
-                    dbapi_conn.execute(f"PRAGMA {p}")
-
-            def checkpoint() -> None:
-                with engine.connect() as conn:
-                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-
-            name = f"sqlite ({', '.join(pragmas)}; WAL checkpoint between runs)"
-            between = checkpoint
         try:
             t0 = time.perf_counter()
             migrate(engine)
             cid = new_campaign(engine)
-            load_sqlite(engine, cid, n, seed)
+            load_sqlite(engine, cid, n, seed, layout)
             build_s = time.perf_counter() - t0
-            times, _ = time_leases(engine, cid, batch, runs, between)
-            report(name, n, batch, times, build_s)
+            times, _ = time_leases(engine, cid, batch, runs)
+            report(f"sqlite, {layout} list, checkpoints inside commits", n, batch, times,
+                   build_s)
+            with WalCheckpointer(engine) as ckpt:
+                times, _ = time_leases(engine, cid, batch, runs)
+            report(f"sqlite, {layout} list, background WAL checkpointer "
+                   f"({ckpt.checkpoints} checkpoints)", n, batch, times, build_s)
         finally:
             engine.dispose()
 
@@ -228,7 +270,7 @@ def pg_unreachable(url: str) -> str | None:
     return None
 
 
-def bench_postgres(url: str, n: int, batch: int, runs: int, seed: int) -> None:
+def bench_postgres(url: str, n: int, batch: int, runs: int, seed: int, layout: str) -> None:
     reason = pg_unreachable(url)
     if reason is not None:
         print(f"postgresql: skipped, {url} is unreachable ({reason})", flush=True)
@@ -243,10 +285,16 @@ def bench_postgres(url: str, n: int, batch: int, runs: int, seed: int) -> None:
         t0 = time.perf_counter()
         migrate(engine)
         cid = new_campaign(engine)
-        load_postgres(engine, cid, n, seed)
+        load_postgres(engine, cid, n, seed, layout)
         build_s = time.perf_counter() - t0
         times, _ = time_leases(engine, cid, batch, runs)
-        report("postgresql", n, batch, times, build_s)
+        report(f"postgresql, {layout} list", n, batch, times, build_s)
+        # The worst case: the first leases after a checkpoint write a full-page WAL image for
+        # every page they touch (~8 KB per scattered contact). It lasts until the lease has
+        # touched each page once in the new checkpoint cycle.
+        checkpoint_postgres(engine)
+        times, _ = time_leases(engine, cid, batch, runs)
+        report(f"postgresql, {layout} list, just after a CHECKPOINT", n, batch, times, build_s)
     finally:
         engine.dispose()
         with admin.begin() as c:
@@ -262,17 +310,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--sqlite-only", action="store_true")
     ap.add_argument("--pg-url", default=os.environ.get("PACELINE_TEST_PG_URL", DEFAULT_PG_URL))
-    ap.add_argument(
-        "--sqlite-pragma", action="append", default=[], metavar="NAME=VALUE",
-        help="diagnostic: add a PRAGMA to the SQLite connections and checkpoint the WAL\n"
-             "between timed runs, e.g. wal_autocheckpoint=0 (a background checkpointer)",
-    )
+    ap.add_argument("--layout", choices=(*LAYOUTS, "both"), default="both",
+                    help="worked: scattered (after a day of dialing); fresh: just imported")
     args = ap.parse_args(argv)
     if args.contacts < 1 or args.runs < 1 or args.batch < 1:
         ap.error("--contacts, --runs and --batch must be at least 1")
-    bench_sqlite(args.contacts, args.batch, args.runs, args.seed, args.sqlite_pragma)
-    if not args.sqlite_only:
-        bench_postgres(args.pg_url, args.contacts, args.batch, args.runs, args.seed)
+    for layout in LAYOUTS if args.layout == "both" else (args.layout,):
+        bench_sqlite(args.contacts, args.batch, args.runs, args.seed, layout)
+        if not args.sqlite_only:
+            bench_postgres(args.pg_url, args.contacts, args.batch, args.runs, args.seed, layout)
     return 0
 
 

@@ -14,7 +14,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, and_, delete, insert, or_, select
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Row,
+    and_,
+    bindparam,
+    delete,
+    false,
+    insert,
+    or_,
+    select,
+    true,
+)
 
 from dialer.db import write_transaction
 from dialer.db.models import Campaign, CampaignDncList, DncEntry, DncList
@@ -58,6 +70,44 @@ def _rule(e: Row[Any], lists: dict[int, str]) -> DncRule:
     return DncRule(e.value, e.is_prefix, e.expires_at, scope, e.source)
 
 
+class DncLoader:
+    """Loads the DNC entries that apply to one campaign, within one transaction.
+
+    The scope (global, the campaign's own, its lists) and the prefix entries are read once;
+    `matcher(numbers)` then adds only the exact entries for the numbers asked about. A lease
+    asks twice (the numbers it would dial, then a refused contact's other numbers).
+    """
+
+    def __init__(self, conn: Connection, campaign_id: int | None, now: datetime) -> None:
+        self.conn, self.now = conn, now
+        cond, self._lists = _scope_filter(conn, campaign_id)
+        active = or_(DncEntry.expires_at.is_(None), DncEntry.expires_at > now)
+        self._base = select(DncEntry).where(cond, active)  # type: ignore[arg-type]
+        self._prefixes: list[DncRule] | None = None
+
+    def matcher(self, numbers: Iterable[str] | None = None) -> DncMatcher:
+        """Prefix entries plus the exact entries for `numbers` (None: every exact entry)."""
+        if numbers is None:
+            return DncMatcher(_rule(e, self._lists) for e in self.conn.execute(self._base))
+        if self._prefixes is None:
+            q = self._base.where(DncEntry.is_prefix == true())
+            self._prefixes = [_rule(e, self._lists) for e in self.conn.execute(q)]
+        rules = list(self._prefixes)
+        wanted = sorted(set(numbers))
+        for i in range(0, len(wanted), _IN_CHUNK):
+            chunk = wanted[i : i + _IN_CHUNK]
+            # The numbers are written into the SQL text: one bound parameter per number
+            # costs more to render and plan than the lookup itself (a lease checks ~1,000).
+            q = self._base.where(
+                DncEntry.is_prefix == false(),
+                DncEntry.value.in_(
+                    bindparam("numbers", chunk, expanding=True, literal_execute=True)
+                ),
+            )
+            rules.extend(_rule(e, self._lists) for e in self.conn.execute(q))
+        return DncMatcher(rules)
+
+
 def load_matcher(
     conn: Connection,
     campaign_id: int | None,
@@ -70,20 +120,7 @@ def load_matcher(
     chunk); prefix entries are always loaded in full, since they are few. Without `numbers`,
     every applicable entry is loaded.
     """
-    cond, lists = _scope_filter(conn, campaign_id)
-    active = or_(DncEntry.expires_at.is_(None), DncEntry.expires_at > now)
-    base = select(DncEntry).where(cond, active)  # type: ignore[arg-type]
-    rules: list[DncRule] = []
-    if numbers is None:
-        rules = [_rule(e, lists) for e in conn.execute(base)]
-    else:
-        rules = [_rule(e, lists) for e in conn.execute(base.where(DncEntry.is_prefix.is_(True)))]
-        wanted = sorted(set(numbers))
-        for i in range(0, len(wanted), _IN_CHUNK):
-            chunk = wanted[i : i + _IN_CHUNK]
-            q = base.where(DncEntry.is_prefix.is_(False), DncEntry.value.in_(chunk))
-            rules.extend(_rule(e, lists) for e in conn.execute(q))
-    return DncMatcher(rules)
+    return DncLoader(conn, campaign_id, now).matcher(numbers)
 
 
 def normalize_dnc_value(raw: str, region: str, prefix: bool) -> str:

@@ -30,10 +30,8 @@ from sqlalchemy import (
     Engine,
     Integer,
     Select,
-    and_,
     bindparam,
     case,
-    or_,
     select,
     text,
     update,
@@ -46,13 +44,11 @@ from dialer.db.models import (
     LEASABLE_SQL,
     Attempt,
     Campaign,
-    CampaignDncList,
     CampaignZone,
     Contact,
-    DncEntry,
-    DncList,
     UtcDateTime,
 )
+from dialer.dnc import DncLoader
 from dialer.domain import (
     CONTACT_TRANSITIONS,
     LEASABLE_STATES,
@@ -64,8 +60,6 @@ from dialer.domain import (
 )
 from strategies.compliance import (
     ComplianceConfigError,
-    DncMatcher,
-    DncRule,
     Refusal,
     Rule,
     check_calling_hours,
@@ -91,6 +85,10 @@ REASON_CHARS = 200
 #: The literal form of "out with a dialer", as the partial index `ix_contacts_lease_expiry`
 #: spells it (a bound parameter would stop PostgreSQL's generic plans from using the index).
 LEASED_SQL = f"state = '{ContactState.SENT_TO_DIALER.value}'"
+
+#: The same condition with a bound value, for statements that name their rows by id: given the
+#: literal, PostgreSQL may pick the partial expiry index and filter every leased row.
+_IS_LEASED = Contact.state == ContactState.SENT_TO_DIALER.value
 
 AnySelect = Select[*tuple[Any, ...]]
 _Sel = TypeVar("_Sel", bound=GenerativeSelect)
@@ -201,32 +199,6 @@ _CAMPAIGN_ZONES = select(CampaignZone.tz).where(
     CampaignZone.campaign_id == bindparam("campaign_id")
 )
 
-_DNC = (
-    select(
-        DncEntry.value, DncEntry.is_prefix, DncEntry.expires_at, DncEntry.source,
-        DncEntry.campaign_id, DncList.name.label("list_name"),
-    )
-    .outerjoin(DncList, DncList.id == DncEntry.list_id)
-    .where(
-        or_(
-            and_(DncEntry.campaign_id.is_(None), DncEntry.list_id.is_(None)),
-            DncEntry.campaign_id == bindparam("campaign_id"),
-            DncEntry.list_id.in_(
-                select(CampaignDncList.list_id)
-                .where(CampaignDncList.campaign_id == bindparam("campaign_id"))
-            ),
-        ),
-        or_(DncEntry.expires_at.is_(None),
-            DncEntry.expires_at > bindparam("now", type_=UtcDateTime())),
-    )
-)
-# Two statements rather than one: with `is_prefix OR value IN (...)` both databases scan the
-# whole table instead of using the value index for the exact entries, and PostgreSQL runs a
-# UNION of the two in parallel workers that cost more to start than both queries together.
-# (There is no index on `is_prefix`: the prefix query reads the whole table; see `_Screen`.)
-_DNC_EXACT = _DNC.where(DncEntry.is_prefix.is_(False), DncEntry.value.in_(_in_list("numbers")))
-_DNC_PREFIXES = _DNC.where(DncEntry.is_prefix.is_(True))
-
 _RESCHEDULE = (
     update(Contact)
     .where(Contact.id == bindparam("b_id"))
@@ -292,7 +264,7 @@ def release_expired_leases(conn: Connection, campaign_id: int, now: datetime) ->
         return 0
     result = conn.execute(
         update(Contact)
-        .where(Contact.id.in_(_in_list("ids")), text(LEASED_SQL))
+        .where(Contact.id.in_(_in_list("ids")), _IS_LEASED)
         .values(**_RETURN_TO_POOL),
         {"ids": expired, "now": now},
     )
@@ -306,7 +278,7 @@ def release_lease(
     with write_transaction(engine) as conn:
         result = conn.execute(
             update(Contact)
-            .where(Contact.id == contact_id, text(LEASED_SQL), Contact.leased_by == node_id)
+            .where(Contact.id == contact_id, _IS_LEASED, Contact.leased_by == node_id)
             .values(**_RETURN_TO_POOL),
             {"now": now or datetime.now(UTC)},
         )
@@ -421,7 +393,7 @@ class _Screen:
     ) -> None:
         self.conn, self.campaign_id, self.policy, self.now = conn, campaign_id, policy, now
         self._hours: dict[str, Refusal | None] = {}
-        self._prefix_rules: list[DncRule] | None = None
+        self._dnc = DncLoader(conn, campaign_id, now)
 
     def allowed(self, rows: Sequence[_Candidate]) -> list[_Candidate]:
         """The rows that may be leased, in order; every refused row is updated in the database."""
@@ -436,20 +408,17 @@ class _Screen:
             else:
                 by_hours.append((r, refusal))
         self._reschedule(by_hours)
-        if self._prefix_rules is None:  # read once per lease call, like the campaign settings
-            self._prefix_rules = self._dnc_rules(prefixes=True)
-        rules = [*self._prefix_rules, *self._dnc_rules({r.number for r in passed})]
-        matcher = DncMatcher(rules)
+        matcher = self._dnc.matcher({r.number for r in passed})
         allowed: list[_Candidate] = []
         by_dnc: list[tuple[_Candidate, Refusal]] = []
         for r in passed:
-            refusal = matcher.refusal(r.number, self.now) if rules else None
+            refusal = matcher.refusal(r.number, self.now) if len(matcher) else None
             if refusal is None:
                 allowed.append(r)
             else:
                 by_dnc.append((r, refusal))
         if by_dnc:
-            self._replan(by_dnc, rules)
+            self._replan(by_dnc)
         return allowed
 
     def _hours_refusal(self, tz: str) -> Refusal | None:
@@ -471,38 +440,9 @@ class _Screen:
                 for r, refusal in refused
             ])
 
-    def _dnc_rules(self, numbers: Collection[str] = (), *, prefixes: bool = False
-                   ) -> list[DncRule]:
-        """The active DNC entries that apply to the campaign: the exact ones for `numbers`,
-        or every prefix entry."""
-        if not numbers and not prefixes:
-            return []
-        values: dict[str, Any] = {"campaign_id": self.campaign_id, "now": self.now}
-        if prefixes:
-            stmt = _DNC_PREFIXES
-        else:
-            stmt, values["numbers"] = _DNC_EXACT, sorted(numbers)
-        return [
-            DncRule(
-                value=e.value, is_prefix=bool(e.is_prefix), expires_at=e.expires_at,
-                scope=(
-                    "campaign" if e.campaign_id == self.campaign_id
-                    else f"list:{e.list_name}" if e.list_name is not None
-                    else "global"
-                ),
-                source=e.source,
-            )
-            for e in self.conn.execute(stmt, values).all()
-        ]
-
-    def _replan(self, refused: Sequence[tuple[_Candidate, Refusal]], rules: list[DncRule]) -> None:
-        """DNC on the next number: let the planner choose another usable number, or close.
-
-        `rules` were loaded for the numbers the contacts would have dialed (and every prefix);
-        the exact entries for their other numbers are loaded here.
-        """
-        others = {p for r, _ in refused for p in r.phones if p}
-        matcher = DncMatcher([*rules, *self._dnc_rules(others)])
+    def _replan(self, refused: Sequence[tuple[_Candidate, Refusal]]) -> None:
+        """DNC on the next number: let the planner choose another usable number, or close."""
+        matcher = self._dnc.matcher({p for r, _ in refused for p in r.phones if p})
         history = self._attempts([r.id for r, _ in refused])
         dials: list[dict[str, Any]] = []
         for r, refusal in refused:

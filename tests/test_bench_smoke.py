@@ -17,8 +17,24 @@ def test_lease_bench_runs_small() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    assert re.search(
-        r"^sqlite: lease 1000 of 2,000: median \d+\.\d ms, max \d+\.\d ms \(goal < 50 ms",
-        proc.stdout, re.M,
-    ), proc.stdout
+    for layout in ("worked", "fresh"):
+        for mode in ("checkpoints inside commits", r"background WAL checkpointer \(\d+"):
+            assert re.search(
+                rf"^sqlite, {layout} list, {mode}.*: lease 1000 of 2,000: median \d+\.\d ms, "
+                r"max \d+\.\d ms \(goal < 50 ms",
+                proc.stdout, re.M,
+            ), proc.stdout
     assert "postgresql" not in proc.stdout
+
+
+def test_import_bench_runs_small() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "import_contacts.py"), "--contacts", "3000"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^raw phonenumbers.parse\+format: [\d,]+ numbers/s", proc.stdout, re.M)
+    assert re.search(r"^import into SQLite \(default: .*: 3,000 contacts in .* = [\d,]+ "
+                     r"contacts/s, \d\.\d\d of the raw parse rate \(goal >= 0.50\)",
+                     proc.stdout, re.M), proc.stdout
+    assert "single process" in proc.stdout

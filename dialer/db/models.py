@@ -335,6 +335,9 @@ class DncEntry(Base):
     __tablename__ = "dnc_entries"
     __table_args__ = (
         Index("ix_dnc_entries_value", "value"),
+        # Every lease loads the prefix entries and looks up exact ones by value: both are
+        # range scans on (is_prefix, value) instead of reads of the whole list.
+        Index("ix_dnc_entries_is_prefix_value", "is_prefix", "value"),
         CheckConstraint("source IN ('manual', 'import', 'sms-stop', 'agent')", name="source"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
