@@ -267,14 +267,20 @@ def _zone_ok(name: str) -> bool:
     return True
 
 
-_planners: dict[int, _Planner] = {}
+_planners: dict[tuple[int, datetime, str], _Planner] = {}
 
 
 def _planner_for(spec: _Spec) -> _Planner:
-    p = _planners.get(id(spec.policy))
+    """This process's planner for the import `spec` describes (workers get a copy per chunk).
+
+    Keyed by value, not by object identity: an id can be reused once an object is freed, and
+    two imports in one process must never share a plan.
+    """
+    key = (spec.campaign_id, spec.now, repr(spec.policy))
+    p = _planners.get(key)
     if p is None:
         _planners.clear()
-        p = _planners[id(spec.policy)] = _Planner(spec.policy, spec.now)
+        p = _planners[key] = _Planner(spec.policy, spec.now)
     return p
 
 

@@ -315,3 +315,18 @@ def test_worker_processes_give_the_same_result_as_inline(
             ]
 
     assert snapshot(c1) == snapshot(c2)
+
+
+def test_consecutive_imports_plan_with_their_own_campaign_strategy(
+    sqlite_engine: Engine, tmp_path: Path
+) -> None:
+    voice = create_campaign(sqlite_engine, "voice", NOW)
+    sms = create_campaign(sqlite_engine, "sms", NOW, strategy="sms-only", channel="sms")
+    f = write(tmp_path / "one.csv", "phone1\n(212) 555-0142\n")
+    for _ in range(3):  # objects freed between imports must not leak a plan across campaigns
+        import_contacts(sqlite_engine, voice, f, NOW, workers=0)
+        import_contacts(sqlite_engine, sms, f, NOW, workers=0)
+    with sqlite_engine.connect() as conn:
+        channels = dict(conn.execute(
+            select(Contact.campaign_id, Contact.next_channel).distinct()).all())
+    assert channels == {voice: "voice", sms: "sms"}
