@@ -349,18 +349,7 @@ def campaign_dispositions(ctx: Ctx, ref: str, as_json: bool) -> None:
             key = d.quick_key or "-"
             click.echo(f"{d.code:<8} {d.type.value}{scope:<10} key={key} {d.label:<24} {flags}")
 
-    _emit(
-        [
-            {
-                **d.__dict__,
-                "type": d.type.value,
-                "callback_scope": d.callback_scope.value if d.callback_scope else None,
-            }
-            for d in specs
-        ],
-        as_json,
-        text,
-    )
+    _emit([d.to_dict() for d in specs], as_json, text)
 
 
 @campaign.command("add-disposition")

@@ -41,6 +41,13 @@ class DispositionSpec:
     quick_key: str | None = None
     colour: str | None = None
 
+    def to_dict(self) -> dict[str, object]:
+        """Plain values (enums as their codes), as stored and as `--json` prints them."""
+        d = asdict(self)
+        d["type"] = self.type.value
+        d["callback_scope"] = self.callback_scope.value if self.callback_scope else None
+        return d
+
     def validate(self) -> None:
         """Raise `DispositionError` naming the first rule the definition breaks."""
         where = f"disposition {self.code!r}"
@@ -124,10 +131,7 @@ DEFAULT_CATALOGUE: tuple[DispositionSpec, ...] = (
 
 
 def _row(campaign_id: int, spec: DispositionSpec) -> dict[str, object]:
-    d = asdict(spec)
-    d["type"] = spec.type.value
-    d["callback_scope"] = spec.callback_scope.value if spec.callback_scope else None
-    return {"campaign_id": campaign_id, **d}
+    return {"campaign_id": campaign_id, **spec.to_dict()}
 
 
 def add_dispositions(conn: Connection, campaign_id: int, specs: Sequence[DispositionSpec]) -> None:

@@ -19,7 +19,6 @@ from sqlalchemy import (
     Engine,
     Row,
     and_,
-    bindparam,
     delete,
     false,
     insert,
@@ -28,7 +27,7 @@ from sqlalchemy import (
     true,
 )
 
-from dialer.db import write_transaction
+from dialer.db import literal_in_list, write_transaction
 from dialer.db.models import Campaign, CampaignDncList, DncEntry, DncList
 from dialer.domain import DncSource
 from dialer.phones import PhoneError, PhoneNormalizer
@@ -96,13 +95,9 @@ class DncLoader:
         wanted = sorted(set(numbers))
         for i in range(0, len(wanted), _IN_CHUNK):
             chunk = wanted[i : i + _IN_CHUNK]
-            # The numbers are written into the SQL text: one bound parameter per number
-            # costs more to render and plan than the lookup itself (a lease checks ~1,000).
             q = self._base.where(
                 DncEntry.is_prefix == false(),
-                DncEntry.value.in_(
-                    bindparam("numbers", chunk, expanding=True, literal_execute=True)
-                ),
+                DncEntry.value.in_(literal_in_list("numbers", chunk)),
             )
             rules.extend(_rule(e, self._lists) for e in self.conn.execute(q))
         return DncMatcher(rules)

@@ -44,7 +44,7 @@ from dialer.domain import (
     ContactState,
 )
 from dialer.phones import PhoneError, PhoneNormalizer, contact_zone
-from strategies.compliance import CallingHours, ComplianceConfigError, DncMatcher, zone
+from strategies.compliance import CallingHours, DncMatcher, is_zone
 from strategies.model import CampaignPolicy, Close, ContactView
 from strategies.planner import next_action
 
@@ -258,15 +258,6 @@ def _normalizer(region: str) -> PhoneNormalizer:
     return PhoneNormalizer(region)
 
 
-@lru_cache(maxsize=4096)
-def _zone_ok(name: str) -> bool:
-    try:
-        zone(name)
-    except ComplianceConfigError:
-        return False
-    return True
-
-
 _planners: dict[tuple[int, datetime, str], _Planner] = {}
 
 
@@ -374,7 +365,7 @@ def _validate_chunk(spec: _Spec, first_line: int, text: str) -> _ChunkResult:
                 else:
                     ext = value
             elif fld == "tz":
-                if _zone_ok(value):
+                if is_zone(value):
                     tz_override = value
                 else:
                     errors.append(

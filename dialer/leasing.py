@@ -39,7 +39,7 @@ from sqlalchemy import (
 from sqlalchemy.sql.selectable import GenerativeSelect
 
 from dialer.campaigns import campaign_policy
-from dialer.db import is_postgres, write_transaction
+from dialer.db import is_postgres, literal_in_list, write_transaction
 from dialer.db.models import (
     LEASABLE_SQL,
     Attempt,
@@ -63,7 +63,7 @@ from strategies.compliance import (
     Refusal,
     Rule,
     check_calling_hours,
-    zone,
+    is_zone,
     zones_open,
 )
 from strategies.model import AttemptView, CampaignPolicy, Close, ContactView, Dial
@@ -128,15 +128,6 @@ class LeasedContact:
 # --- statements --------------------------------------------------------------------------------
 
 
-def _in_list(name: str) -> Any:
-    """A list parameter for `IN`, written into the SQL text when the statement runs.
-
-    For the long lists of one lease round (contact ids, phone numbers): one bound parameter per
-    value costs more to render and send than the value itself. The statement stays cached.
-    """
-    return bindparam(name, expanding=True, literal_execute=True)
-
-
 def _candidates_statement(in_zones: bool) -> AnySelect:
     stmt = (
         select(
@@ -165,7 +156,7 @@ _CANDIDATES = {False: _candidates_statement(False), True: _candidates_statement(
 
 _LEASE = (
     update(Contact)
-    .where(Contact.id.in_(_in_list("ids")), Contact.state.in_(_LEASE_FROM))
+    .where(Contact.id.in_(literal_in_list("ids")), Contact.state.in_(_LEASE_FROM))
     .values(
         state=ContactState.SENT_TO_DIALER.value,
         leased_by=bindparam("node_id"),
@@ -264,7 +255,7 @@ def release_expired_leases(conn: Connection, campaign_id: int, now: datetime) ->
         return 0
     result = conn.execute(
         update(Contact)
-        .where(Contact.id.in_(_in_list("ids")), _IS_LEASED)
+        .where(Contact.id.in_(literal_in_list("ids")), _IS_LEASED)
         .values(**_RETURN_TO_POOL),
         {"ids": expired, "now": now},
     )
@@ -307,7 +298,7 @@ def lease_due_contacts(
         policy = campaign_policy(conn, campaign_id)
         known = set(conn.scalars(_CAMPAIGN_ZONES, {"campaign_id": campaign_id}))
         open_zones = zones_open(
-            (z for z in known if _is_zone(z)), now, policy.calling_hours, policy.holidays
+            (z for z in known if is_zone(z)), now, policy.calling_hours, policy.holidays
         )
         if known and not open_zones:
             return []
@@ -330,14 +321,6 @@ def lease_due_contacts(
             if len(leased) >= n or len(allowed) == len(candidates):
                 break
         return leased
-
-
-def _is_zone(name: str) -> bool:
-    try:
-        zone(name)
-    except ComplianceConfigError:
-        return False
-    return True
 
 
 class _Candidate(NamedTuple):

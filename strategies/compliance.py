@@ -73,6 +73,15 @@ def zone(name: str) -> ZoneInfo:
     return zones[0]
 
 
+def is_zone(name: str) -> bool:
+    """Whether `name` is a zone `zone()` accepts (an IANA name, or a compound of them)."""
+    try:
+        zone(name)
+    except ComplianceConfigError:
+        return False
+    return True
+
+
 def _parse_window(value: Any, where: str) -> tuple[time, time] | None:
     if value is None or value == "" or value is False:
         return None

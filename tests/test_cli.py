@@ -496,3 +496,29 @@ def test_dnc_check_exits_1_for_an_invalid_number(tmp_path: Path) -> None:
                                        "12"])
     assert result.exit_code == 1
     assert "invalid" in result.output
+
+
+def test_campaign_dispositions_lists_the_default_catalogue_as_json(tmp_path: Path) -> None:
+    db = ["--db", f"sqlite:///{tmp_path / 'x.db'}"]
+    runner = CliRunner()
+    assert runner.invoke(main, [*db, "campaign", "create", "c"]).exit_code == 0
+    result = runner.invoke(main, [*db, "campaign", "dispositions", "c", "--json"])
+    assert result.exit_code == 0, result.output
+    codes = {d["code"]: d for d in json.loads(result.output)}
+    assert codes["CBP"]["type"] == "R" and codes["CBP"]["callback_scope"] == "private"
+    assert codes["DNC"]["dnc"] is True
+
+
+def test_add_disposition_then_list_it_and_refuse_a_bad_one_with_exit_2(tmp_path: Path) -> None:
+    db = ["--db", f"sqlite:///{tmp_path / 'x.db'}"]
+    runner = CliRunner()
+    runner.invoke(main, [*db, "campaign", "create", "c"])
+    ok = runner.invoke(main, [*db, "campaign", "add-disposition", "c", "FAX", "Fax tone",
+                              "--type", "N", "--no-human", "--completed", "--key", "f"])
+    assert ok.exit_code == 0, ok.output
+    listed = runner.invoke(main, [*db, "campaign", "dispositions", "c"])
+    assert "FAX" in listed.output and "Fax tone" in listed.output
+    bad = runner.invoke(main, [*db, "campaign", "add-disposition", "c", "CB9", "Later",
+                               "--type", "R"])
+    assert bad.exit_code == 2
+    assert "'CB9'" in bad.output and "callback_scope" in bad.output
