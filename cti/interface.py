@@ -1,0 +1,115 @@
+"""The one telephony interface the dialer core uses. It never touches AMI or ARI directly.
+
+A backend (`cti.ami.AmiTelephony`, `cti.ari.AriTelephony`) owns its connection and its
+background tasks; it is used as an async context manager, which starts them on enter and
+stops them on exit. Every command names a call by the correlation id the dialer chose in
+`OriginateRequest.call_id`. Results arrive only on the event stream (`events()`): a command
+returning means the PBX accepted it, not that the call did what was asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Protocol, Self, runtime_checkable
+
+from cti.events import CallEvent
+
+
+class TelephonyError(Exception):
+    """A command the PBX refused or could not carry out. `detail` is the PBX's own words."""
+
+    def __init__(self, message: str, *, detail: str = "") -> None:
+        super().__init__(message if not detail else f"{message}: {detail}")
+        self.detail = detail
+
+
+class BackendUnavailable(TelephonyError):
+    """The PBX link is down; nothing was sent. The dialer must not dial blind."""
+
+
+class AuthenticationFailed(TelephonyError):
+    """The PBX refused our credentials. Final: retrying with the same secret cannot succeed."""
+
+
+class UnknownCall(TelephonyError):
+    """No live call has this correlation id (it ended, or it never existed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class OriginateRequest:
+    """One outbound customer call.
+
+    `endpoint` is a dial string (`PJSIP/+15551234567@trunk`, `Local/100@sim-customers`).
+    `call_id` is the dialer's correlation id: unique, at most 64 characters of `[A-Za-z0-9._-]`,
+    used as the channel id too, so that a replayed originate cannot create a second call.
+    `ring_timeout_s` is how long the far end may ring (the dialer enforces >= 15 s).
+    `amd` asks the dialplan to run answering-machine detection before connecting.
+    """
+
+    call_id: str
+    endpoint: str
+    caller_id: str = ""
+    variables: Mapping[str, str] = field(default_factory=dict)
+    ring_timeout_s: float = 30.0
+    amd: bool = False
+    context: str = "dialer-connect"
+    extension: str = "s"
+
+
+@runtime_checkable
+class Telephony(Protocol):
+    """What the dialer and the IVR drivers may ask of a PBX."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    @property
+    def connected(self) -> bool:
+        """True while the link is up and synchronized; originate raises BackendUnavailable else."""
+        ...
+
+    def events(self) -> AsyncIterator[CallEvent]:
+        """The normalized event stream. One consumer; it ends when the backend is closed."""
+        ...
+
+    async def originate(self, request: OriginateRequest) -> None:
+        """Place a call. Returns once the PBX queued it; many may be in flight at once."""
+        ...
+
+    async def connect_to_agent(self, call_id: str, agent_endpoint: str) -> None:
+        """Bridge the answered call `call_id` with the agent at `agent_endpoint`."""
+        ...
+
+    async def play_and_hangup(self, call_id: str, sound: str) -> None:
+        """Play `sound` (the abandon information message) to the call, then hang it up."""
+        ...
+
+    async def hangup(self, call_id: str, cause: int = 16) -> None:
+        """Hang up with a Q.850 cause (16 normal clearing by default)."""
+        ...
+
+    async def blind_transfer(self, call_id: str, target: str) -> None:
+        """Send the customer of `call_id` to `target` (an extension or endpoint); agent leg ends."""
+        ...
+
+    async def attended_transfer(self, call_id: str, target: str) -> None:
+        """Agent-initiated consult transfer of `call_id` to `target`, then completion."""
+        ...
+
+    async def hold(self, call_id: str) -> None:
+        """Put the customer of `call_id` on music on hold."""
+        ...
+
+    async def unhold(self, call_id: str) -> None: ...
+
+    async def send_dtmf(self, call_id: str, digits: str) -> None:
+        """Send DTMF `digits` to the customer of `call_id`."""
+        ...
