@@ -234,6 +234,40 @@ def _insert_sql(columns: Sequence[str], paramstyle: str, with_upsert: bool) -> s
     return f"{sql} ON CONFLICT (campaign_id, external_id) DO UPDATE SET {', '.join(sets)}"
 
 
+_SLOT_E164 = "CASE s.slot {} END".format(
+    " ".join(f"WHEN {k} THEN c.phone{k}" for k in range(1, MAX_PHONES + 1))
+)
+_SLOTS = " UNION ALL ".join(f"SELECT {k} AS slot" for k in range(1, MAX_PHONES + 1))
+
+
+def _phones_sync_sql(mark: str, where: str) -> str:
+    """Copy the phone slots of the contacts matching `where` (on `c`) into `contact_phones`.
+
+    One INSERT ... SELECT per chunk: the numbers never travel back to Python. A slot whose
+    number changed is updated in place (only when it differs, so an unchanged re-import
+    writes nothing); a concurrent import of the same contacts makes it a no-op, not an error.
+    """
+    return (
+        "INSERT INTO contact_phones (contact_id, slot, e164) "
+        f"SELECT c.id, s.slot, {_SLOT_E164} FROM contacts c CROSS JOIN ({_SLOTS}) s "
+        f"WHERE c.campaign_id = {mark} AND {where} AND {_SLOT_E164} IS NOT NULL "
+        "ON CONFLICT (contact_id, slot) DO UPDATE SET e164 = excluded.e164 "
+        "WHERE contact_phones.e164 <> excluded.e164"
+    )
+
+
+def _phones_prune_sql(mark: str, nkeys: int) -> str:
+    """Delete the `contact_phones` rows of re-imported contacts whose slot is now empty."""
+    slot_e164 = _SLOT_E164.replace("s.slot", "contact_phones.slot")
+    keys = ", ".join([mark] * nkeys)
+    return (
+        "DELETE FROM contact_phones WHERE contact_id IN (SELECT id FROM contacts "
+        f"WHERE campaign_id = {mark} AND external_id IN ({keys})) AND NOT EXISTS ("
+        f"SELECT 1 FROM contacts c WHERE c.id = contact_phones.contact_id "
+        f"AND {slot_e164} IS NOT NULL)"
+    )
+
+
 @dataclass(frozen=True)
 class _Spec:
     """Everything a worker needs to turn CSV text into insert-ready rows; picklable."""
@@ -545,7 +579,14 @@ class _Writer:
                         self.result.updated += 1
                     by_ext[r[1]] = r
             if plain:
+                # New contacts get ids above the current maximum; their phones are copied by
+                # id range, so no ids have to come back from the executemany.
+                floor = conn.exec_driver_sql("SELECT coalesce(max(id), 0) FROM contacts").scalar()
                 conn.exec_driver_sql(self.insert_sql, plain)
+                conn.exec_driver_sql(
+                    _phones_sync_sql(self.mark, f"c.id > {self.mark}"),
+                    (self.spec.campaign_id, floor),
+                )
                 self.result.inserted += len(plain)
             if by_ext:
                 keys = list(by_ext)
@@ -555,6 +596,14 @@ class _Writer:
                     (self.spec.campaign_id, *keys),
                 ).scalar_one()
                 conn.exec_driver_sql(self.upsert_sql, list(by_ext.values()))
+                in_keys = f"c.external_id IN ({', '.join([self.mark] * len(keys))})"
+                conn.exec_driver_sql(
+                    _phones_sync_sql(self.mark, in_keys), (self.spec.campaign_id, *keys)
+                )
+                if existing:  # only a re-imported contact can have a slot that was cleared
+                    conn.exec_driver_sql(
+                        _phones_prune_sql(self.mark, len(keys)), (self.spec.campaign_id, *keys)
+                    )
                 self.result.updated += existing
                 self.result.inserted += len(keys) - existing
 
