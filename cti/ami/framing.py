@@ -183,6 +183,9 @@ class AmiParser:
         self._want_banner = expect_banner
         self._max = max_message
         self._discarding = False
+        # Where the next terminator search may start: bytes before it were already searched,
+        # so a large message arriving in many reads is scanned once, not once per read.
+        self._scan_from = 0
         self.messages_parsed = 0
 
     def feed(self, data: bytes) -> list[Frame]:
@@ -191,6 +194,8 @@ class AmiParser:
             if self._buf.strip() and not self._discarding:
                 frames.append(FramingError("truncated message at EOF", _sample(bytes(self._buf))))
             self._buf.clear()
+            self._discarding = False
+            self._scan_from = 0
             return frames
         self._buf += data
         buf = self._buf
@@ -208,8 +213,9 @@ class AmiParser:
                 pos = nl + 1
         while True:
             # A blank line ends a message: "\r\n\r\n" on the wire; a bare "\n\n" is tolerated.
-            end = buf.find(b"\n\r\n", pos)
-            end_lf = buf.find(b"\n\n", pos, end if end >= 0 else len(buf))
+            start = max(pos, self._scan_from)
+            end = buf.find(b"\n\r\n", start)
+            end_lf = buf.find(b"\n\n", start, end if end >= 0 else len(buf))
             if end_lf >= 0:
                 end, skip = end_lf, 2
             elif end >= 0:
@@ -218,6 +224,7 @@ class AmiParser:
                 break
             block = bytes(buf[pos : end + 1])
             pos = end + skip
+            self._scan_from = 0
             if self._discarding:
                 self._discarding = False
                 continue
@@ -232,10 +239,13 @@ class AmiParser:
                 self.messages_parsed += 1
                 frames.append(msg)
         del buf[:pos]
+        # A terminator may straddle this read and the next: re-search the last two bytes.
+        self._scan_from = max(0, len(buf) - 2)
         if len(buf) > self._max:
             if not self._discarding:
                 frames.append(FramingError("message too large; skipped", _sample(bytes(buf))))
             self._discarding = True
             # Keep a short tail so that a terminator split across two reads is still seen.
             del buf[:-3]
+            self._scan_from = 0
         return frames
