@@ -791,24 +791,17 @@ def sim() -> None:
 
 @sim.command("pbx")
 @click.option("--ami-port", type=int, default=5038, show_default=True)
-@click.option("--ari-port", type=int, default=8088, show_default=True, help="Not served yet.")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--scenario", type=click.Path(dir_okay=False), default=None, help="Not used yet.")
-@click.option("--agents", default="1001-1020", show_default=True, help="Not used yet.")
 @click.option("--time-scale", type=float, default=1.0, show_default=True)
-def sim_pbx(
-    ami_port: int, ari_port: int, host: str, scenario: str | None, agents: str, time_scale: float
-) -> None:
-    """Run the Asterisk 20 emulator (AMI) until interrupted."""
+def sim_pbx(ami_port: int, host: str, time_scale: float) -> None:
+    """Run the Asterisk 20 emulator (AMI only so far) until interrupted. Port 0: any free port."""
     import asyncio
     import contextlib
 
     from sim.pbx.runner import run_pbx
 
     async def serve() -> None:
-        async with run_pbx(
-            host=host, ami_port=ami_port, ari_port=ari_port, time_scale=time_scale
-        ) as pbx:
+        async with run_pbx(host=host, ami_port=ami_port, time_scale=time_scale) as pbx:
             click.echo(f"AMI listening on {host}:{pbx.ami_port}")
             await asyncio.Event().wait()  # runs until Ctrl-C cancels it
 

@@ -195,3 +195,24 @@ async def test_hangup_action_with_cause_ends_answered_channel_and_reports_errors
         assert (await a.msg())["Message"] == "No such channel"
         a.send(Action="Hangup", ActionID="h3")
         assert (await a.msg())["Message"] == "No channel specified"
+
+
+async def test_cli_sim_pbx_serves_the_ami_banner_on_the_port_it_prints() -> None:
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "dialer.cli", "sim", "pbx", "--ami-port", "0",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+        assert line.startswith("AMI listening on 127.0.0.1:"), line
+        port = int(line.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        banner = await asyncio.wait_for(reader.readline(), 5)
+        assert banner == b"Asterisk Call Manager/9.0.0\r\n"
+        writer.close()
+    finally:
+        proc.terminate()
+        await proc.wait()

@@ -1,7 +1,7 @@
 """Run the Asterisk emulator: `async with run_pbx(ami_port=0) as pbx: pbx.ami_port`.
 
 The runner owns the servers and closes them (and every timer they own) on exit. Only the AMI
-side exists so far; `ari_port` is accepted for the CLI's sake and ARI is not served yet.
+side exists so far; the ARI server is still to come.
 """
 
 from __future__ import annotations
@@ -31,14 +31,12 @@ async def run_pbx(
     *,
     host: str = "127.0.0.1",
     ami_port: int = 0,
-    ari_port: int | None = None,
     population: Population | None = None,
     seed: int = 0,
     time_scale: float = 1.0,
     auth_fail_delay_s: float = 1.0,
 ) -> AsyncIterator[RunningPbx]:
-    """Start the emulator on `host`; port 0 binds an ephemeral port. `ari_port` is ignored."""
-    del ari_port  # ARI side not implemented yet
+    """Start the emulator on `host`; port 0 binds an ephemeral port."""
     async with AmiServer(
         host=host,
         port=ami_port,
