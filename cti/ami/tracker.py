@@ -1,0 +1,590 @@
+"""The AMI channel tracker: raw AMI events in, normalized call events out. Sans-IO.
+
+Asterisk reports channels, not calls. One originated customer call is a *root* channel (the
+channel the Originate created; for a Local channel its `;1` half, whose `Uniqueid` equals its
+`Linkedid`), the root's `;2` half when it is a Local pair (it runs the far side: the trunk dial
+or, in the emulator and the reference dialplan, the simulated customer), and any number of
+further *legs* that share the root's `Linkedid` (the agent leg a `Dial()` creates, a transfer
+target, a consult call).
+
+What was learnt from the recorded captures (`tests/fixtures/asterisk/transcripts/`) and is easy
+to get wrong:
+
+- The answer is the root going `Up` (Newstate 6). The `;2` half is created in state 4 and may go
+  `Up` first; agent legs go `Up` too. Neither is the customer answering.
+- The Q.850 cause of an unanswered call is on the `;2` half: busy ends `;2` with 17 and `;1` with
+  0, congestion 34/0, rejected 21/21, unallocated 1/1, no answer 19/19 (with `;1` first). So the
+  call ends only when both halves are gone, and the `;2` cause wins when it is not 0.
+- A failed `OriginateResponse` names the dial string, not the channel (`Uniqueid: <unknown>`),
+  and may come before or after the Hangups. It is matched by `ActionID`.
+- `OriginateResponse` is sent to every AMI session that can read `call`: a tracker that was told
+  which originates are its own (`expect_originate`) ignores the others.
+- Agent legs hang up after the root. Their late events must not resurrect the call.
+- DTMF from the customer is a `DTMFEnd` with `Direction: Received` on the root; the same digit is
+  reported again as `Sent`/`Received` on bridged legs, which are not the customer.
+- AMD reports through `VarSet` of `AMDSTATUS` then `AMDCAUSE` on the root.
+- Music on hold shows as `MusicOnHoldStart`/`Stop` on the root or its `;2` half.
+
+The tracker never raises on wire input: an event it cannot use is counted in `skipped` (missing
+fields) or ignored (events it has no use for), and the next event is processed normally.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from cti.ami.codes import CAUSE_BY_REASON, REASON_ANSWERED, STATE_RING, STATE_RINGING, STATE_UP
+from cti.causes import outcome_for_call
+from cti.events import CallEvent, CallEventKind
+from dialer.domain import Outcome
+
+log = logging.getLogger(__name__)
+
+#: How many ended calls' ids are remembered so that their late events are ignored.
+ENDED_MEMORY = 50_000
+
+
+@dataclass(slots=True)
+class _Call:
+    call_id: str
+    action_id: str = ""
+    dial_string: str = ""
+    root_uid: str = ""
+    root_name: str = ""
+    far_uid: str = ""
+    root_seen: bool = False
+    root_gone: bool = False
+    far_gone: bool = False
+    root_cause: int = 0
+    far_cause: int = 0
+    cause_txt: str = ""
+    reason_cause: int | None = None
+    response_failed: bool = False
+    ringing: bool = False
+    answered: bool = False
+    amd: str | None = None
+    amd_cause: str | None = None
+    amd_sent: bool = False
+    peer: str | None = None
+    held: bool = False
+    ended: bool = False
+    inbound: bool = False
+    legs: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _Channel:
+    uid: str
+    name: str
+    call: _Call
+    role: str  # "root", "far" (the root's ;2 half) or "leg"
+    bridge: str = ""
+
+
+def _int(value: str | None, default: int = 0) -> int:
+    try:
+        return int(value) if value not in (None, "") else default
+    except ValueError:
+        return default
+
+
+def _local_base(name: str) -> str | None:
+    """`Local/100@ctx-0000001a;1` -> `Local/100@ctx-0000001a`; None for other technologies."""
+    if name.startswith("Local/") and name[-2:] in (";1", ";2"):
+        return name[:-2]
+    return None
+
+
+class ChannelTracker:
+    """Turns one AMI event at a time into `CallEvent`s. Pure: no I/O, no clock.
+
+    Calls are known to the tracker in two ways. `expect_originate(call_id, action_id,
+    channel_id=...)` announces one of our own originates before it is sent: the root channel is
+    then recognized by its `Uniqueid` (we set `ChannelId` on the Originate, so it equals
+    `channel_id`), and the `OriginateResponse` by its `ActionID`. With `track_unknown=True`
+    (recorded captures, a supervisor's view) every root channel becomes a call whose id is its
+    `Uniqueid`. Inbound calls (a non-Local root created ringing, state 4) are always tracked and
+    announced with `INBOUND`.
+
+    Every tracked call ends with exactly one `HANGUP`, from its channels' Hangups, from a failed
+    `OriginateResponse` that created no channel, or from `resync()` when the call is gone.
+    """
+
+    def __init__(self, *, track_unknown: bool = False) -> None:
+        self.track_unknown = track_unknown
+        self.skipped = 0
+        self._calls: dict[str, _Call] = {}
+        self._by_uid: dict[str, _Channel] = {}
+        self._by_name: dict[str, str] = {}
+        self._by_action: dict[str, _Call] = {}
+        self._by_channel_id: dict[str, _Call] = {}
+        self._bridges: dict[str, set[str]] = {}
+        self._ended: OrderedDict[str, None] = OrderedDict()
+        self._handlers: dict[str, Callable[[Mapping[str, str]], list[CallEvent]]] = {
+            "newchannel": self._newchannel,
+            "newstate": self._newstate,
+            "dialstate": self._dialstate,
+            "rename": self._rename,
+            "varset": self._varset,
+            "bridgeenter": self._bridge_enter,
+            "bridgeleave": self._bridge_leave,
+            "bridgedestroy": self._bridge_destroy,
+            "blindtransfer": self._blind_transfer,
+            "attendedtransfer": self._attended_transfer,
+            "musiconholdstart": self._moh_start,
+            "musiconholdstop": self._moh_stop,
+            "dtmfend": self._dtmf_end,
+            "hangup": self._hangup,
+            "originateresponse": self._originate_response,
+        }
+
+    # ---- what the backend tells us -------------------------------------------------------
+    def expect_originate(
+        self, call_id: str, action_id: str, *, channel_id: str = "", dial_string: str = ""
+    ) -> None:
+        """Announce one of our own originates before it is sent."""
+        call = _Call(call_id=call_id, action_id=action_id, dial_string=dial_string)
+        self._calls[call_id] = call
+        self._by_action[action_id] = call
+        if channel_id:
+            call.root_uid = channel_id
+            self._by_channel_id[channel_id] = call
+
+    def originate_refused(self, call_id: str) -> None:
+        """The Originate was answered `Response: Error` (or never sent): forget the call."""
+        call = self._calls.pop(call_id, None)
+        if call is not None:
+            self._by_action.pop(call.action_id, None)
+            self._by_channel_id.pop(call.root_uid, None)
+
+    def live_calls(self) -> dict[str, str]:
+        """The calls in progress: call id -> root channel name ("" before the channel exists)."""
+        return {cid: c.root_name for cid, c in self._calls.items() if not c.ended}
+
+    def channel_of(self, call_id: str) -> str | None:
+        """The root channel name of a live call, the one commands are sent to."""
+        call = self._calls.get(call_id)
+        if call is None or call.ended or not call.root_seen:
+            return None
+        return call.root_name
+
+    def peer_of(self, call_id: str) -> str | None:
+        """The channel the call's root is bridged with (the agent leg), if any."""
+        call = self._calls.get(call_id)
+        if call is None or call.ended:
+            return None
+        return call.peer
+
+    def is_answered(self, call_id: str) -> bool:
+        call = self._calls.get(call_id)
+        return bool(call and call.answered and not call.ended)
+
+    # ---- the event stream ----------------------------------------------------------------
+    def feed(self, event: Mapping[str, str]) -> list[CallEvent]:
+        """Take one AMI event (a parsed message with an `Event` key); return its call events."""
+        name = event.get("Event")
+        if not name:
+            return []
+        handler = self._handlers.get(name.lower())
+        if handler is None:
+            return []
+        try:
+            return handler(event)
+        except KeyError as missing:
+            self.skipped += 1
+            log.warning("AMI %s event without field %s: skipped", name, missing)
+            return []
+
+    def resync(self, channels: Iterable[Mapping[str, str]]) -> list[CallEvent]:
+        """Reconcile with a `CoreShowChannels` listing taken after a reconnect.
+
+        A live call whose root is not listed ended while we were not looking: it gets its
+        HANGUP now, with the cause we knew (usually none: `cause` is None, the outcome
+        `dangling` if it was never answered). A listed root that went `Up` meanwhile gets its
+        ANSWERED.
+        """
+        listed: dict[str, Mapping[str, str]] = {}
+        for item in channels:
+            uid = item.get("Uniqueid", "")
+            if uid:
+                listed[uid] = item
+        out: list[CallEvent] = []
+        for call in list(self._calls.values()):
+            if call.ended:
+                continue
+            item: Mapping[str, str] | None = listed.get(call.root_uid) if call.root_uid else None
+            if item is None:
+                out += self._end(call, lost=True)
+                continue
+            if not call.root_seen:
+                self._adopt_root(call, call.root_uid, item.get("Channel", ""))
+                out.append(self._ev(CallEventKind.DIALING, call))
+            if _int(item.get("ChannelState")) == STATE_UP and not call.answered:
+                call.answered = True
+                out.append(self._ev(CallEventKind.ANSWERED, call))
+        # Channels we knew that are gone (legs of live calls) are forgotten too.
+        for uid in [u for u in self._by_uid if u not in listed]:
+            self._forget_channel(uid)
+        return out
+
+    # ---- helpers ---------------------------------------------------------------------------
+    def _ev(self, kind: CallEventKind, call: _Call, **kw: object) -> CallEvent:
+        return CallEvent(kind=kind, call_id=call.call_id, channel=call.root_name, **kw)  # type: ignore[arg-type]
+
+    def _adopt_root(self, call: _Call, uid: str, name: str) -> None:
+        call.root_uid = uid
+        call.root_name = name
+        call.root_seen = True
+        self._by_uid[uid] = _Channel(uid=uid, name=name, call=call, role="root")
+        self._by_name[name] = uid
+
+    def _forget_channel(self, uid: str) -> None:
+        chan = self._by_uid.pop(uid, None)
+        if chan is None:
+            return
+        if self._by_name.get(chan.name) == uid:
+            del self._by_name[chan.name]
+        if chan.bridge:
+            members = self._bridges.get(chan.bridge)
+            if members is not None:
+                members.discard(uid)
+        chan.call.legs.discard(uid)
+
+    def _remember_ended(self, key: str) -> None:
+        if not key:
+            return
+        self._ended[key] = None
+        if len(self._ended) > ENDED_MEMORY:
+            self._ended.popitem(last=False)
+
+    def _channel(self, event: Mapping[str, str]) -> _Channel | None:
+        uid = event.get("Uniqueid", "")
+        chan = self._by_uid.get(uid)
+        if chan is None or chan.call.ended:
+            return None
+        return chan
+
+    def _end(self, call: _Call, *, lost: bool = False) -> list[CallEvent]:
+        out: list[CallEvent] = []
+        if call.amd and not call.amd_sent:
+            out.append(self._amd_event(call))
+        cause: int | None
+        if call.far_cause:
+            cause = call.far_cause
+        elif call.root_cause:
+            cause = call.root_cause
+        elif call.reason_cause is not None:
+            cause = call.reason_cause
+        elif call.answered and not lost:
+            cause = 16
+        else:
+            cause = None
+        if lost and cause is None and not call.answered:
+            outcome = Outcome.DANGLING
+        else:
+            outcome = outcome_for_call(answered=call.answered, cause=cause, amd=call.amd)
+        extra = {"cause_txt": call.cause_txt} if call.cause_txt else {}
+        detail = "ended while the AMI link was down" if lost else ""
+        out.append(
+            self._ev(
+                CallEventKind.HANGUP, call, cause=cause, outcome=outcome, detail=detail, extra=extra
+            )
+        )
+        call.ended = True
+        del self._calls[call.call_id]
+        self._by_action.pop(call.action_id, None)
+        self._by_channel_id.pop(call.root_uid, None)
+        self._remember_ended(call.root_uid)
+        for uid in [call.root_uid, call.far_uid]:
+            self._forget_channel(uid)
+        # Legs stay mapped to the ended call until their own Hangup, so that their late
+        # events are recognized (and ignored) instead of looking like new calls.
+        return out
+
+    def _maybe_end(self, call: _Call) -> list[CallEvent]:
+        if call.ended or not call.root_gone:
+            return []
+        if call.far_uid and not call.far_gone:
+            return []
+        return self._end(call)
+
+    def _amd_event(self, call: _Call) -> CallEvent:
+        call.amd_sent = True
+        return self._ev(CallEventKind.AMD, call, amd=call.amd, amd_cause=call.amd_cause)
+
+    # ---- handlers ------------------------------------------------------------------------
+    def _newchannel(self, e: Mapping[str, str]) -> list[CallEvent]:
+        uid = e["Uniqueid"]
+        name = e["Channel"]
+        linkedid = e.get("Linkedid", uid)
+        if uid in self._by_uid or uid in self._ended:
+            return []
+        call = self._by_channel_id.get(uid)
+        if call is not None:
+            self._adopt_root(call, uid, name)
+            return [self._ev(CallEventKind.DIALING, call)]
+        owner = self._by_uid.get(linkedid)
+        if owner is not None and linkedid != uid:
+            call = owner.call
+            base = _local_base(name)
+            is_far = (
+                owner.role == "root"
+                and not call.far_uid
+                and base is not None
+                and name.endswith(";2")
+                and base == _local_base(call.root_name)
+            )
+            role = "far" if is_far else "leg"
+            self._by_uid[uid] = _Channel(uid=uid, name=name, call=call, role=role)
+            self._by_name[name] = uid
+            if is_far:
+                call.far_uid = uid
+            else:
+                call.legs.add(uid)
+            return []
+        if linkedid != uid:
+            return []  # a leg of a call we do not follow, or of one that ended
+        for pending in self._calls.values():
+            # An originate announced without ChannelId: match its dial string to the name.
+            if (
+                not pending.root_seen
+                and not pending.root_uid
+                and pending.dial_string
+                and name.startswith(pending.dial_string + "-")
+                and name.endswith(";1")
+            ):
+                self._adopt_root(pending, uid, name)
+                return [self._ev(CallEventKind.DIALING, pending)]
+        local = _local_base(name) is not None
+        if not local and _int(e.get("ChannelState")) == STATE_RING:
+            call = _Call(call_id=uid, inbound=True)
+            self._calls[uid] = call
+            self._adopt_root(call, uid, name)
+            return [
+                self._ev(
+                    CallEventKind.INBOUND,
+                    call,
+                    caller_id=e.get("CallerIDNum", ""),
+                    extra={"exten": e.get("Exten", ""), "context": e.get("Context", "")},
+                )
+            ]
+        if not self.track_unknown or name.endswith(";2"):
+            return []
+        call = _Call(call_id=uid)
+        self._calls[uid] = call
+        self._adopt_root(call, uid, name)
+        return [self._ev(CallEventKind.DIALING, call)]
+
+    def _newstate(self, e: Mapping[str, str]) -> list[CallEvent]:
+        chan = self._channel(e)
+        if chan is None or chan.role != "root":
+            return []
+        call = chan.call
+        state = _int(e["ChannelState"])
+        if state == STATE_RINGING and not call.ringing and not call.answered:
+            call.ringing = True
+            return [self._ev(CallEventKind.RINGING, call)]
+        if state == STATE_UP and not call.answered:
+            call.answered = True
+            return [self._ev(CallEventKind.ANSWERED, call)]
+        return []
+
+    def _dialstate(self, e: Mapping[str, str]) -> list[CallEvent]:
+        chan = self._by_uid.get(e.get("DestUniqueid", ""))
+        if chan is None or chan.role != "root" or chan.call.ended:
+            return []
+        call = chan.call
+        if e.get("DialStatus") == "RINGING" and not call.ringing and not call.answered:
+            call.ringing = True
+            return [self._ev(CallEventKind.RINGING, call)]
+        return []
+
+    def _rename(self, e: Mapping[str, str]) -> list[CallEvent]:
+        chan = self._by_uid.get(e["Uniqueid"])
+        if chan is not None:
+            self._by_name.pop(chan.name, None)
+            chan.name = e["Newname"]
+            self._by_name[chan.name] = chan.uid
+            if chan.role == "root":
+                chan.call.root_name = chan.name
+        return []
+
+    def _varset(self, e: Mapping[str, str]) -> list[CallEvent]:
+        variable = e.get("Variable", "")
+        if variable not in ("AMDSTATUS", "AMDCAUSE"):
+            return []
+        chan = self._channel(e)
+        if chan is None or chan.role != "root":
+            return []
+        call = chan.call
+        if variable == "AMDSTATUS":
+            call.amd = e["Value"]
+        else:
+            call.amd_cause = e["Value"]
+        if call.amd and call.amd_cause and not call.amd_sent:
+            return [self._amd_event(call)]
+        return []
+
+    def _bridge_enter(self, e: Mapping[str, str]) -> list[CallEvent]:
+        bridge = e["BridgeUniqueid"]
+        uid = e["Uniqueid"]
+        members = self._bridges.setdefault(bridge, set())
+        members.add(uid)
+        chan = self._by_uid.get(uid)
+        if chan is not None:
+            chan.bridge = bridge
+        # Every live root in this bridge may have gained a peer: the Bridge action joins two
+        # of our own roots, and a Dial() bridge is entered by the agent leg before the root.
+        out: list[CallEvent] = []
+        for member in sorted(members):
+            root = self._by_uid.get(member)
+            if root is None or root.role != "root" or root.call.ended:
+                continue
+            others = [
+                self._by_uid[m].name for m in sorted(members) if m != member and m in self._by_uid
+            ]
+            if uid != member and chan is not None:
+                peer: str | None = chan.name
+            else:
+                peer = others[0] if others else None
+            if peer is None or peer == root.call.peer:
+                continue
+            root.call.peer = peer
+            out.append(self._ev(CallEventKind.BRIDGED, root.call, peer=peer))
+        return out
+
+    def _bridge_leave(self, e: Mapping[str, str]) -> list[CallEvent]:
+        bridge = e["BridgeUniqueid"]
+        uid = e["Uniqueid"]
+        members = self._bridges.get(bridge)
+        if members is not None:
+            members.discard(uid)
+        chan = self._by_uid.get(uid)
+        if chan is None:
+            return []
+        chan.bridge = ""
+        call = chan.call
+        if call.ended or chan.role != "root" or call.peer is None:
+            return []
+        peer, call.peer = call.peer, None
+        return [self._ev(CallEventKind.UNBRIDGED, call, peer=peer)]
+
+    def _bridge_destroy(self, e: Mapping[str, str]) -> list[CallEvent]:
+        self._bridges.pop(e["BridgeUniqueid"], None)
+        return []
+
+    def _call_by_name(self, name: str) -> _Call | None:
+        uid = self._by_name.get(name)
+        chan = self._by_uid.get(uid) if uid else None
+        if chan is None or chan.call.ended:
+            return None
+        return chan.call
+
+    def _blind_transfer(self, e: Mapping[str, str]) -> list[CallEvent]:
+        if e.get("Result") != "Success":
+            return []
+        call = self._call_by_name(e["TransfereeChannel"])
+        if call is None:
+            return []
+        return [
+            self._ev(
+                CallEventKind.TRANSFERRED,
+                call,
+                target=e.get("Extension", ""),
+                detail="blind",
+                extra={
+                    "context": e.get("Context", ""),
+                    "transferer": e.get("TransfererChannel", ""),
+                },
+            )
+        ]
+
+    def _attended_transfer(self, e: Mapping[str, str]) -> list[CallEvent]:
+        if e.get("Result") != "Success":
+            return []
+        call = None
+        for key in ("TransfereeChannel", "OrigTransfererChannel", "SecondTransfererChannel"):
+            call = self._call_by_name(e.get(key, ""))
+            if call is not None:
+                break
+        if call is None:
+            return []
+        target = e.get("TransferTargetChannel") or e.get("SecondTransfererConnectedLineNum", "")
+        return [
+            self._ev(
+                CallEventKind.TRANSFERRED,
+                call,
+                target=target,
+                detail="attended",
+                extra={"dest_type": e.get("DestType", "")},
+            )
+        ]
+
+    def _moh(self, e: Mapping[str, str], on: bool) -> list[CallEvent]:
+        chan = self._channel(e)
+        if chan is None or chan.role == "leg":
+            return []
+        call = chan.call
+        if call.held == on:
+            return []
+        call.held = on
+        return [self._ev(CallEventKind.HELD if on else CallEventKind.UNHELD, call)]
+
+    def _moh_start(self, e: Mapping[str, str]) -> list[CallEvent]:
+        return self._moh(e, True)
+
+    def _moh_stop(self, e: Mapping[str, str]) -> list[CallEvent]:
+        return self._moh(e, False)
+
+    def _dtmf_end(self, e: Mapping[str, str]) -> list[CallEvent]:
+        if e.get("Direction") != "Received":
+            return []
+        chan = self._channel(e)
+        if chan is None or chan.role != "root":
+            return []
+        return [self._ev(CallEventKind.DTMF, chan.call, digit=e["Digit"])]
+
+    def _hangup(self, e: Mapping[str, str]) -> list[CallEvent]:
+        uid = e["Uniqueid"]
+        chan = self._by_uid.get(uid)
+        if chan is None:
+            return []
+        call = chan.call
+        cause = _int(e.get("Cause"))
+        if chan.role == "leg" or call.ended:
+            self._forget_channel(uid)
+            return []
+        if chan.role == "root":
+            call.root_gone = True
+            call.root_cause = cause
+            if cause and not call.cause_txt:
+                call.cause_txt = e.get("Cause-txt", "")
+        else:
+            call.far_gone = True
+            call.far_cause = cause
+            if cause:
+                call.cause_txt = e.get("Cause-txt", "")
+        return self._maybe_end(call)
+
+    def _originate_response(self, e: Mapping[str, str]) -> list[CallEvent]:
+        action_id = e.get("ActionID", "")
+        call = self._by_action.get(action_id)
+        if call is None or call.ended:
+            return []  # another session's originate (Asterisk sends them to everyone)
+        reason = _int(e.get("Reason"), default=-1)
+        uid = e.get("Uniqueid", "")
+        if reason == REASON_ANSWERED or e.get("Response") == "Success":
+            if uid and uid != "<unknown>" and not call.root_uid:
+                call.root_uid = uid
+                self._by_channel_id[uid] = call
+            return []
+        call.response_failed = True
+        call.reason_cause = CAUSE_BY_REASON.get(reason)
+        if not call.root_seen or (call.root_gone and (not call.far_uid or call.far_gone)):
+            # No channel ever appeared (or all are gone): the response is the whole story.
+            call.root_gone = True
+            return self._end(call)
+        return []
