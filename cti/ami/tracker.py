@@ -207,10 +207,10 @@ class ChannelTracker:
         ANSWERED.
         """
         listed: dict[str, Mapping[str, str]] = {}
-        for item in channels:
-            uid = item.get("Uniqueid", "")
+        for listed_item in channels:
+            uid = listed_item.get("Uniqueid", "")
             if uid:
-                listed[uid] = item
+                listed[uid] = listed_item
         out: list[CallEvent] = []
         for call in list(self._calls.values()):
             if call.ended:
