@@ -46,6 +46,8 @@ class OriginateRequest:
     used as the channel id too, so that a replayed originate cannot create a second call.
     `ring_timeout_s` is how long the far end may ring (the dialer enforces >= 15 s).
     `amd` asks the dialplan to run answering-machine detection before connecting.
+    `context`/`extension` are where an AMI-originated call goes once answered; empty means the
+    backend's own (`paceline-outbound`, see `docker/asterisk/extensions_paceline.conf`).
     """
 
     call_id: str
@@ -54,7 +56,7 @@ class OriginateRequest:
     variables: Mapping[str, str] = field(default_factory=dict)
     ring_timeout_s: float = 30.0
     amd: bool = False
-    context: str = "dialer-connect"
+    context: str = ""
     extension: str = "s"
 
 

@@ -391,6 +391,7 @@ def test_resync_ends_calls_that_vanished_and_keeps_the_live_ones() -> None:
     tracker.expect_originate("c2", "a2", channel_id="c2")
     tracker.feed(_chan("Newchannel", "c2", "PJSIP/trunk-00000009", "c2", ChannelState="0"))
     tracker.expect_originate("c3", "a3", channel_id="c3")  # acked, its events lost
+    tracker.begin_resync()
     listing = [
         {
             "Event": "CoreShowChannel",
@@ -457,3 +458,11 @@ def test_our_originates_in_the_outcomes_capture_by_action_id_and_dial_string() -
         "lead-900": (21, Outcome.REJECTED),
         "lead-12345": (1, Outcome.FAILED),
     }
+
+
+def test_resync_leaves_alone_a_call_that_had_events_during_the_listing() -> None:
+    tracker = ChannelTracker()
+    tracker.begin_resync()
+    _answered_call(tracker)  # its channel appeared after the listing was taken
+    assert tracker.resync([]) == []
+    assert set(tracker.live_calls()) == {"c1"}

@@ -123,6 +123,9 @@ class ChannelTracker:
         self._by_channel_id: dict[str, _Call] = {}
         self._bridges: dict[str, set[str]] = {}
         self._ended: OrderedDict[str, None] = OrderedDict()
+        # Calls that showed signs of life since `begin_resync()`: a listing taken while events
+        # keep arriving may predate them, so they are never judged gone by that listing.
+        self._touched: set[str] = set()
         self._handlers: dict[str, Callable[[Mapping[str, str]], list[CallEvent]]] = {
             "newchannel": self._newchannel,
             "newstate": self._newstate,
@@ -148,6 +151,7 @@ class ChannelTracker:
         """Announce one of our own originates before it is sent."""
         call = _Call(call_id=call_id, action_id=action_id, dial_string=dial_string)
         self._calls[call_id] = call
+        self._touched.add(call_id)
         self._by_action[action_id] = call
         if channel_id:
             call.root_uid = channel_id
@@ -178,6 +182,15 @@ class ChannelTracker:
             return None
         return call.peer
 
+    def bridge_peers(self, channel: str) -> list[str]:
+        """The other channels in the bridge `channel` (a name) is in; [] when not bridged."""
+        uid = self._by_name.get(channel)
+        chan = self._by_uid.get(uid) if uid else None
+        if chan is None or not chan.bridge:
+            return []
+        members = self._bridges.get(chan.bridge, set())
+        return [self._by_uid[m].name for m in sorted(members) if m != uid and m in self._by_uid]
+
     def is_answered(self, call_id: str) -> bool:
         call = self._calls.get(call_id)
         return bool(call and call.answered and not call.ended)
@@ -192,19 +205,29 @@ class ChannelTracker:
         if handler is None:
             return []
         try:
-            return handler(event)
+            out = handler(event)
         except KeyError as missing:
             self.skipped += 1
             log.warning("AMI %s event without field %s: skipped", name, missing)
             return []
+        chan = self._by_uid.get(event.get("Uniqueid", ""))
+        if chan is not None:
+            self._touched.add(chan.call.call_id)
+        self._touched.update(ev.call_id for ev in out)
+        return out
+
+    def begin_resync(self) -> None:
+        """Mark the moment a `CoreShowChannels` is sent; see `resync`."""
+        self._touched.clear()
 
     def resync(self, channels: Iterable[Mapping[str, str]]) -> list[CallEvent]:
         """Reconcile with a `CoreShowChannels` listing taken after a reconnect.
 
-        A live call whose root is not listed ended while we were not looking: it gets its
-        HANGUP now, with the cause we knew (usually none: `cause` is None, the outcome
-        `dangling` if it was never answered). A listed root that went `Up` meanwhile gets its
-        ANSWERED.
+        Call `begin_resync()` before sending the action and keep feeding events meanwhile: calls
+        with events after that point are left alone. A live call whose root is not listed ended
+        while we were not looking: it gets its HANGUP now, with the cause we knew (usually
+        none: `cause` is None, the outcome `dangling` if it was never answered). A listed root
+        that went `Up` meanwhile gets its ANSWERED.
         """
         listed: dict[str, Mapping[str, str]] = {}
         for listed_item in channels:
@@ -213,7 +236,7 @@ class ChannelTracker:
                 listed[uid] = listed_item
         out: list[CallEvent] = []
         for call in list(self._calls.values()):
-            if call.ended:
+            if call.ended or call.call_id in self._touched:
                 continue
             item: Mapping[str, str] | None = listed.get(call.root_uid) if call.root_uid else None
             if item is None:
@@ -227,7 +250,10 @@ class ChannelTracker:
                 out.append(self._ev(CallEventKind.ANSWERED, call))
         # Channels we knew that are gone (legs of live calls) are forgotten too.
         for uid in [u for u in self._by_uid if u not in listed]:
-            self._forget_channel(uid)
+            chan = self._by_uid[uid]
+            if chan.call.ended or chan.call.call_id not in self._touched:
+                self._forget_channel(uid)
+        self._touched.clear()
         return out
 
     # ---- helpers ---------------------------------------------------------------------------

@@ -1,0 +1,395 @@
+"""`AmiTelephony`: the `cti.interface.Telephony` backend over AMI.
+
+It steers calls only with Originate, Setvar + Redirect, Hangup, BlindTransfer, Atxfer, Bridge
+and PlayDTMF, into the dialplan contexts of `docker/asterisk/extensions_paceline.conf`:
+
+- originate: `Context=paceline-outbound` with `ChannelId=<call id>`, so the root channel's
+  Uniqueid is the dialer's call id, and a replayed Originate could not create a second call;
+- connect_to_agent: `Setvar PACELINE_AGENT` then `Redirect` to `paceline-agent` (a `Dial()`);
+- play_and_hangup: `Setvar PACELINE_SOUND` then `Redirect` to `paceline-abandon`;
+- hold: `Redirect` the customer to `paceline-hold` (music on hold) and, as `ExtraChannel`,
+  the agent leg to `paceline-park`; unhold: the `Bridge` action joins them again;
+- blind/attended transfer: `BlindTransfer` / `Atxfer` on the agent leg, into
+  `paceline-transfer`; an attended transfer completes when the consult target is bridged with
+  the agent, by hanging up the agent leg (Asterisk then joins customer and target).
+
+Connection lifecycle. `__aenter__` connects and logs in (a bad secret raises
+`AuthenticationFailed` at once; it is never retried). A supervisor task, owned by this object's
+TaskGroup, then reads the link. When the link drops it emits `BACKEND_DOWN` (and `connected`
+turns False, so `originate` raises `BackendUnavailable` instead of dialing blind), reconnects
+with exponential backoff, resynchronizes the live channels with `CoreShowChannels` (every call
+that ended meanwhile gets its HANGUP), and emits `BACKEND_UP`. `__aexit__` stops it all.
+
+Contract for originate: if `originate()` returns, the call gets exactly one HANGUP event later,
+even if the link drops before Asterisk's reply (the resync decides). If it raises, nothing was
+dialed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
+from typing import Self
+
+from cti.ami.client import ActionFailed, AmiConnection, AmiCredentials, ReplyLost
+from cti.ami.framing import AmiMessage
+from cti.ami.tracker import ChannelTracker
+from cti.events import CallEvent, CallEventKind
+from cti.interface import (
+    AuthenticationFailed,
+    BackendUnavailable,
+    OriginateRequest,
+    TelephonyError,
+    UnknownCall,
+)
+
+log = logging.getLogger(__name__)
+
+_NO_CHANNEL_MESSAGES = ("no such channel", "channel not found", "does not exist")
+
+
+class AmiTelephony:
+    """Telephony over one Asterisk manager connection. See the module docstring."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        username: str,
+        secret: str,
+        *,
+        connect_timeout: float = 5.0,
+        action_timeout: float = 10.0,
+        backoff_initial: float = 0.1,
+        backoff_max: float = 5.0,
+        transfer_timeout: float = 30.0,
+        outbound_context: str = "paceline-outbound",
+        agent_context: str = "paceline-agent",
+        abandon_context: str = "paceline-abandon",
+        hold_context: str = "paceline-hold",
+        park_context: str = "paceline-park",
+        transfer_context: str = "paceline-transfer",
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._credentials = AmiCredentials(username, secret)
+        self._connect_timeout = connect_timeout
+        self._action_timeout = action_timeout
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._transfer_timeout = transfer_timeout
+        self._ctx_outbound = outbound_context
+        self._ctx_agent = agent_context
+        self._ctx_abandon = abandon_context
+        self._ctx_hold = hold_context
+        self._ctx_park = park_context
+        self._ctx_transfer = transfer_context
+        self.tracker = ChannelTracker()
+        self._queue: asyncio.Queue[CallEvent | None] = asyncio.Queue()
+        self._conn: AmiConnection | None = None
+        self._synced = False
+        self._closing = False
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._tg: asyncio.TaskGroup | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        self._held: dict[str, str] = {}
+        self.reconnects = 0
+        self.fatal: TelephonyError | None = None
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        conn = await self._open()  # AuthenticationFailed / BackendUnavailable reach the caller
+        self._tg = asyncio.TaskGroup()
+        await self._tg.__aenter__()
+        ready = asyncio.Event()
+        self._supervisor = self._tg.create_task(self._supervise(conn, ready), name="ami-supervisor")
+        await ready.wait()
+        if self.fatal is not None:
+            await self.__aexit__(None, None, None)
+            raise self.fatal
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closing = True
+        if self._conn is not None:
+            await self._conn.close()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        if self._tg is not None:
+            await self._tg.__aexit__(None, None, None)
+        self._queue.put_nowait(None)
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed and self._synced
+
+    async def events(self) -> AsyncIterator[CallEvent]:
+        while True:
+            event = await self._queue.get()
+            if event is None:
+                return
+            yield event
+
+    # ---- the link ----------------------------------------------------------------------
+    async def _open(self) -> AmiConnection:
+        return await AmiConnection.open(
+            self._host,
+            self._port,
+            self._credentials,
+            on_event=self._on_event,
+            timeout=self._connect_timeout,
+        )
+
+    def _on_event(self, message: AmiMessage) -> None:
+        events = self.tracker.feed(message)
+        for event in events:
+            if event.kind is CallEventKind.HANGUP:
+                self._held.pop(event.call_id, None)
+            self._queue.put_nowait(event)
+        if self._waiters:
+            for predicate, future in list(self._waiters):
+                if not future.done() and predicate():
+                    future.set_result(None)
+
+    def _emit(self, kind: CallEventKind, detail: str = "") -> None:
+        self._queue.put_nowait(CallEvent(kind=kind, call_id="", detail=detail))
+
+    async def _supervise(self, conn: AmiConnection, ready: asyncio.Event) -> None:
+        while not self._closing:
+            self._conn = conn
+            await self._session(conn, ready)
+            self._synced = False
+            if self._closing or self.fatal is not None:
+                return
+            self._emit(CallEventKind.BACKEND_DOWN, "AMI link lost")
+            log.warning("AMI link to %s:%s lost; reconnecting", self._host, self._port)
+            reconnected = await self._reconnect()
+            if reconnected is None:
+                return
+            conn = reconnected
+            self.reconnects += 1
+
+    async def _reconnect(self) -> AmiConnection | None:
+        delay = self._backoff_initial
+        while not self._closing:
+            try:
+                return await self._open()
+            except AuthenticationFailed as exc:
+                # Final: the secret changed under us. Stop, and say so on the event stream.
+                self.fatal = exc
+                log.error("AMI login refused on reconnect: %s", exc)
+                self._emit(CallEventKind.BACKEND_DOWN, f"fatal: {exc}")
+                return None
+            except BackendUnavailable as exc:
+                log.info("AMI reconnect failed (%s); next try in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._backoff_max)
+        return None
+
+    async def _session(self, conn: AmiConnection, ready: asyncio.Event) -> None:
+        async with asyncio.TaskGroup() as tg:
+            reader = tg.create_task(conn.run(), name="ami-reader")
+            try:
+                self.tracker.begin_resync()
+                items = await conn.list_action("CoreShowChannels", timeout=self._action_timeout)
+                for event in self.tracker.resync(items):
+                    self._queue.put_nowait(event)
+                self._synced = True
+                self._emit(CallEventKind.BACKEND_UP)
+            except ActionFailed as exc:
+                # Asterisk refused CoreShowChannels: the AMI user lacks read permission for
+                # `reporting`/`system`. Reconnecting cannot fix that.
+                self.fatal = exc
+                log.error("AMI resync refused: %s", exc)
+                self._emit(CallEventKind.BACKEND_DOWN, f"fatal: {exc}")
+                await conn.close()
+            except TelephonyError as exc:
+                log.warning("AMI resync failed: %s", exc)
+                await conn.close()
+            finally:
+                ready.set()
+            await reader
+
+    def _require_link(self) -> AmiConnection:
+        conn = self._conn
+        if conn is None or conn.closed or not self._synced:
+            if self.fatal is not None:
+                raise BackendUnavailable("AMI backend stopped", detail=str(self.fatal))
+            raise BackendUnavailable("AMI link is down")
+        return conn
+
+    def _root(self, call_id: str) -> str:
+        channel = self.tracker.channel_of(call_id)
+        if channel is None:
+            raise UnknownCall(f"no live call {call_id!r}")
+        return channel
+
+    def _agent_leg(self, call_id: str) -> str:
+        self._root(call_id)
+        peer = self.tracker.peer_of(call_id) or self._held.get(call_id)
+        if peer is None:
+            raise TelephonyError(f"call {call_id!r} is not connected to an agent")
+        return peer
+
+    async def _act(self, action: str, *fields: tuple[str, str], call_id: str = "") -> AmiMessage:
+        conn = self._require_link()
+        try:
+            return await conn.action(action, fields, timeout=self._action_timeout)
+        except ActionFailed as exc:
+            if call_id and any(m in exc.detail.lower() for m in _NO_CHANNEL_MESSAGES):
+                raise UnknownCall(f"call {call_id!r} has no channel", detail=exc.detail) from exc
+            raise
+
+    async def _wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until `predicate()` holds after some event, at most `timeout` seconds."""
+        if predicate():
+            return True
+        waiter = (predicate, asyncio.get_running_loop().create_future())
+        self._waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter[1], timeout)
+        except TimeoutError:
+            return False
+        finally:
+            self._waiters.remove(waiter)
+        return True
+
+    # ---- commands ----------------------------------------------------------------------
+    async def originate(self, request: OriginateRequest) -> None:
+        conn = self._require_link()
+        if request.call_id in self.tracker.live_calls():
+            raise TelephonyError(f"call id {request.call_id!r} is already in progress")
+        action_id = conn.next_action_id()
+        fields: list[tuple[str, str]] = [
+            ("Channel", request.endpoint),
+            ("Context", request.context or self._ctx_outbound),
+            ("Exten", request.extension),
+            ("Priority", "1"),
+            ("Timeout", str(round(request.ring_timeout_s * 1000))),
+        ]
+        if request.caller_id:
+            fields.append(("CallerID", request.caller_id))
+        fields.append(("Variable", f"PACELINE_CALL_ID={request.call_id}"))
+        fields.append(("Variable", f"PACELINE_AMD={1 if request.amd else 0}"))
+        fields += [("Variable", f"{k}={v}") for k, v in request.variables.items()]
+        # Always Async (a synchronous Originate blocks the manager session for the whole ring
+        # time); ChannelId makes the call's root Uniqueid our call id.
+        fields += [
+            ("Async", "true"),
+            ("ChannelId", request.call_id),
+            ("OtherChannelId", f"{request.call_id};2"),
+        ]
+        self.tracker.expect_originate(
+            request.call_id, action_id, channel_id=request.call_id, dial_string=request.endpoint
+        )
+        try:
+            await conn.action(
+                "Originate", fields, action_id=action_id, timeout=self._action_timeout
+            )
+        except ReplyLost:
+            # Written, reply lost: the PBX may be dialing. The resync after the reconnect
+            # finds the channel or ends the call; either way it gets its one HANGUP.
+            log.warning("AMI link dropped before the Originate reply for %s", request.call_id)
+        except BaseException:
+            self.tracker.originate_refused(request.call_id)
+            raise
+
+    async def hangup(self, call_id: str, cause: int = 16) -> None:
+        root = self._root(call_id)
+        await self._act("Hangup", ("Channel", root), ("Cause", str(cause)), call_id=call_id)
+
+    async def _setvar_and_redirect(
+        self, call_id: str, variable: str, value: str, context: str
+    ) -> None:
+        root = self._root(call_id)
+        await self._act(
+            "Setvar", ("Channel", root), ("Variable", variable), ("Value", value), call_id=call_id
+        )
+        await self._act(
+            "Redirect",
+            ("Channel", root),
+            ("Context", context),
+            ("Exten", "s"),
+            ("Priority", "1"),
+            call_id=call_id,
+        )
+
+    async def connect_to_agent(self, call_id: str, agent_endpoint: str) -> None:
+        await self._setvar_and_redirect(call_id, "PACELINE_AGENT", agent_endpoint, self._ctx_agent)
+
+    async def play_and_hangup(self, call_id: str, sound: str) -> None:
+        await self._setvar_and_redirect(call_id, "PACELINE_SOUND", sound, self._ctx_abandon)
+
+    async def blind_transfer(self, call_id: str, target: str) -> None:
+        agent = self._agent_leg(call_id)
+        await self._act(
+            "BlindTransfer",
+            ("Channel", agent),
+            ("Context", self._ctx_transfer),
+            ("Exten", target),
+            call_id=call_id,
+        )
+
+    async def attended_transfer(self, call_id: str, target: str) -> None:
+        agent = self._agent_leg(call_id)
+        await self._act(
+            "Atxfer",
+            ("Channel", agent),
+            ("Context", self._ctx_transfer),
+            ("Exten", target),
+            call_id=call_id,
+        )
+
+        def consulting() -> bool:
+            peers = self.tracker.bridge_peers(agent)
+            return any(p != self.tracker.channel_of(call_id) for p in peers)
+
+        if not await self._wait_until(consulting, self._transfer_timeout):
+            raise TelephonyError(f"attended transfer of {call_id!r}: {target} did not answer")
+        # The agent leaving completes the transfer: Asterisk joins the customer and the target.
+        await self._act("Hangup", ("Channel", agent), ("Cause", "16"))
+
+    async def hold(self, call_id: str) -> None:
+        root = self._root(call_id)
+        agent = self._agent_leg(call_id)
+        await self._act(
+            "Redirect",
+            ("Channel", root),
+            ("Context", self._ctx_hold),
+            ("Exten", "s"),
+            ("Priority", "1"),
+            ("ExtraChannel", agent),
+            ("ExtraContext", self._ctx_park),
+            ("ExtraExten", "s"),
+            ("ExtraPriority", "1"),
+            call_id=call_id,
+        )
+        self._held[call_id] = agent
+
+    async def unhold(self, call_id: str) -> None:
+        root = self._root(call_id)
+        agent = self._held.get(call_id)
+        if agent is None:
+            raise TelephonyError(f"call {call_id!r} is not on hold")
+        await self._act(
+            "Bridge", ("Channel1", root), ("Channel2", agent), ("Tone", "no"), call_id=call_id
+        )
+        del self._held[call_id]
+
+    async def send_dtmf(self, call_id: str, digits: str) -> None:
+        root = self._root(call_id)
+        for digit in digits:
+            await self._act(
+                "PlayDTMF",
+                ("Channel", root),
+                ("Digit", digit),
+                ("Duration", "100"),
+                call_id=call_id,
+            )
