@@ -21,7 +21,8 @@ class CallEventKind(StrEnum):
     BRIDGED = "bridged"  # the call was connected to `peer` (an agent endpoint or channel)
     UNBRIDGED = "unbridged"  # the call left its bridge (the peer hung up or was transferred)
     TRANSFERRED = "transferred"  # blind or attended transfer done; `target` says where
-    HELD = "held"  # music on hold started for this call
+    QUEUED = "queued"  # the call waits in an Asterisk queue (`extra`: queue, position)
+    HELD = "held"  # music on hold started for this call (not the music of a queue wait)
     UNHELD = "unheld"  # music on hold stopped
     DTMF = "dtmf"  # one digit received from the far end (`digit`)
     HANGUP = "hangup"  # the call is over: `cause` (Q.850) and `outcome` are set

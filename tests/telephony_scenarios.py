@@ -118,7 +118,9 @@ class Recorder:
         except TimeoutError:
             raise AssertionError(f"timed out after {timeout} s waiting for {predicate}") from None
 
-    async def until_event(self, call_id: str, kind: CallEventKind, timeout: float = 15.0) -> CallEvent:
+    async def until_event(
+        self, call_id: str, kind: CallEventKind, timeout: float = 15.0
+    ) -> CallEvent:
         await self.until(lambda: self.first(call_id, kind) is not None, timeout)
         event = self.first(call_id, kind)
         assert event is not None
@@ -185,7 +187,7 @@ async def scenario_mixed_campaign(
             ), (number, amd)
         else:
             assert CallEventKind.ANSWERED not in kinds, (number, kinds)
-    for i, call_id in enumerate(people):
+    for call_id in people:
         bridged = rec.first(call_id, CallEventKind.BRIDGED)
         assert bridged is not None and bridged.peer
     hangups = [rec.first(c, CallEventKind.HANGUP) for c in numbers]

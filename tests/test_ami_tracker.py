@@ -42,7 +42,7 @@ EXPECTED: dict[str, list[tuple[str, str]]] = {
     "03_queue_status_summary_add_pause_remove.rx.bin": [
         (
             "Local/500@sim-customers-0000000e;1",
-            "dialing ringing answered held unheld bridged(Local/1001@agents-0000000f;1) unbridged(Local/1001@agents-0000000f;1) hangup(16,human)",
+            "dialing ringing answered queued(sales) bridged(Local/1001@agents-0000000f;1) unbridged(Local/1001@agents-0000000f;1) hangup(16,human)",
         ),
     ],
     "04a_redirect_customer_to_agent_1002.rx.bin": [
@@ -196,6 +196,8 @@ def _render(events: list[CallEvent]) -> list[tuple[str, str]]:
             text += ev.digit
         if ev.amd:
             text += f"({ev.amd},{ev.amd_cause})"
+        if ev.kind is CallEventKind.QUEUED:
+            text += f"({ev.extra['queue']})"
         if ev.peer:
             text += f"({ev.peer})"
         if ev.target:

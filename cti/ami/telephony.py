@@ -96,6 +96,8 @@ class AmiTelephony:
         self._supervisor: asyncio.Task[None] | None = None
         self._held: dict[str, str] = {}
         self.reconnects = 0
+        #: AMI events received (every event, including those that concern no call of ours).
+        self.ami_events = 0
         self.fatal: TelephonyError | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -148,6 +150,7 @@ class AmiTelephony:
         )
 
     def _on_event(self, message: AmiMessage) -> None:
+        self.ami_events += 1
         events = self.tracker.feed(message)
         for event in events:
             if event.kind is CallEventKind.HANGUP:

@@ -23,7 +23,9 @@ to get wrong:
 - DTMF from the customer is a `DTMFEnd` with `Direction: Received` on the root; the same digit is
   reported again as `Sent`/`Received` on bridged legs, which are not the customer.
 - AMD reports through `VarSet` of `AMDSTATUS` then `AMDCAUSE` on the root.
-- Music on hold shows as `MusicOnHoldStart`/`Stop` on the root or its `;2` half.
+- Music on hold shows as `MusicOnHoldStart`/`Stop` on the root or its `;2` half. A caller
+  waiting in a queue hears music too (between QueueCallerJoin and QueueCallerLeave): that is
+  `QUEUED`, not `HELD`. The agent answering shows as BridgeEnter like any other connect.
 
 The tracker never raises on wire input: an event it cannot use is counted in `skipped` (missing
 fields) or ignored (events it has no use for), and the next event is processed normally.
@@ -70,6 +72,7 @@ class _Call:
     amd_sent: bool = False
     peer: str | None = None
     held: bool = False
+    in_queue: bool = False
     ended: bool = False
     inbound: bool = False
     legs: set[str] = field(default_factory=set)
@@ -137,6 +140,8 @@ class ChannelTracker:
             "bridgedestroy": self._bridge_destroy,
             "blindtransfer": self._blind_transfer,
             "attendedtransfer": self._attended_transfer,
+            "queuecallerjoin": self._queue_join,
+            "queuecallerleave": self._queue_leave,
             "musiconholdstart": self._moh_start,
             "musiconholdstop": self._moh_stop,
             "dtmfend": self._dtmf_end,
@@ -549,11 +554,27 @@ class ChannelTracker:
             )
         ]
 
+    def _queue_join(self, e: Mapping[str, str]) -> list[CallEvent]:
+        chan = self._channel(e)
+        if chan is None or chan.role != "root":
+            return []
+        chan.call.in_queue = True
+        extra = {"queue": e["Queue"], "position": e.get("Position", "")}
+        return [self._ev(CallEventKind.QUEUED, chan.call, extra=extra)]
+
+    def _queue_leave(self, e: Mapping[str, str]) -> list[CallEvent]:
+        chan = self._channel(e)
+        if chan is not None and chan.role == "root":
+            chan.call.in_queue = False
+        return []
+
     def _moh(self, e: Mapping[str, str], on: bool) -> list[CallEvent]:
         chan = self._channel(e)
         if chan is None or chan.role == "leg":
             return []
         call = chan.call
+        if call.in_queue:
+            return []  # the queue's music, not a hold
         if call.held == on:
             return []
         call.held = on
