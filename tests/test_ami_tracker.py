@@ -468,3 +468,30 @@ def test_resync_leaves_alone_a_call_that_had_events_during_the_listing() -> None
     _answered_call(tracker)  # its channel appeared after the listing was taken
     assert tracker.resync([]) == []
     assert set(tracker.live_calls()) == {"c1"}
+
+
+def test_resync_with_the_recorded_coreshowchannels_listing() -> None:
+    """Capture 02 lists two live calls (8 channels) mid-call: a resync keeps both; a listing
+    without one of them ends that one only."""
+    tracker = ChannelTracker(track_unknown=True)
+    items = []
+    for message in received_events(FIXTURES / "ami" / "02_coreshowchannels_two_calls.rx.bin"):
+        if message.event == "CoreShowChannel" and message.action_id == "csc-2calls":
+            items.append(message)
+        elif message.event == "CoreShowChannelsComplete" and message.action_id == "csc-2calls":
+            break
+        elif message.event != "CoreShowChannel":
+            tracker.feed(message)
+    assert len(items) == 8
+    live = tracker.live_calls()
+    assert sorted(live.values()) == [
+        "Local/500@sim-customers-0000000a;1",
+        "Local/501@sim-customers-0000000b;1",
+    ]
+    tracker.begin_resync()
+    assert tracker.resync(items) == []
+    gone = next(cid for cid, name in live.items() if name.startswith("Local/500@"))
+    tracker.begin_resync()
+    (hangup,) = tracker.resync([i for i in items if i.get("Linkedid") != gone])
+    assert (hangup.call_id, hangup.kind, hangup.outcome) == (gone, CallEventKind.HANGUP, Outcome.HUMAN)
+    assert list(tracker.live_calls().values()) == ["Local/501@sim-customers-0000000b;1"]
