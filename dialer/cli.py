@@ -791,18 +791,25 @@ def sim() -> None:
 
 @sim.command("pbx")
 @click.option("--ami-port", type=int, default=5038, show_default=True)
+@click.option(
+    "--ari-port", type=int, default=None, help="Also serve ARI (/ari, user dialer) on this port."
+)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--time-scale", type=float, default=1.0, show_default=True)
-def sim_pbx(ami_port: int, host: str, time_scale: float) -> None:
-    """Run the Asterisk 20 emulator (AMI only so far) until interrupted. Port 0: any free port."""
+def sim_pbx(ami_port: int, ari_port: int | None, host: str, time_scale: float) -> None:
+    """Run the Asterisk 20 emulator (AMI; ARI with --ari-port) until interrupted. Port 0: any."""
     import asyncio
     import contextlib
 
     from sim.pbx.runner import run_pbx
 
     async def serve() -> None:
-        async with run_pbx(host=host, ami_port=ami_port, time_scale=time_scale) as pbx:
+        async with run_pbx(
+            host=host, ami_port=ami_port, time_scale=time_scale, ari_port=ari_port
+        ) as pbx:
             click.echo(f"AMI listening on {host}:{pbx.ami_port}")
+            if pbx.ari_port is not None:
+                click.echo(f"ARI listening on http://{host}:{pbx.ari_port}/ari")
             await asyncio.Event().wait()  # runs until Ctrl-C cancels it
 
     with contextlib.suppress(KeyboardInterrupt):

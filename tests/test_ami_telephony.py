@@ -1,10 +1,10 @@
-"""`AmiTelephony` against the Asterisk emulator over real sockets: the shared scenarios, and
-the link dropped mid-campaign."""
+"""`AmiTelephony` against the Asterisk emulator: the AMI link dropped mid-campaign.
+
+The shared call scenarios run on both backends in `tests/test_telephony_scenarios.py`."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -16,54 +16,9 @@ from sim.pbx.ami_server import AmiServer
 from sim.population import CalleeKind, Override, Population
 from tests import telephony_scenarios as sc
 
-AGENTS = ["Local/1001@agents", "Local/1002@agents", "Local/2001@agents", "PJSIP/agent7"]
-
 
 def customer(number: str) -> str:
     return f"Local/{number}@sim-customers"
-
-
-@pytest.fixture
-async def pbx() -> AsyncIterator[AmiServer]:
-    async with AmiServer(population=sc.scenario_population(), seed=3, time_scale=0.01) as server:
-        yield server
-
-
-@pytest.fixture
-async def tel(pbx: AmiServer) -> AsyncIterator[tuple[AmiTelephony, sc.Recorder]]:
-    async with AmiTelephony("127.0.0.1", pbx.port, "dialer", "dialer") as telephony:
-        rec = sc.Recorder(telephony)
-        async with rec.running():
-            yield telephony, rec
-
-
-async def test_mixed_campaign_of_200_calls(tel: tuple[AmiTelephony, sc.Recorder]) -> None:
-    await sc.scenario_mixed_campaign(*tel, customer, AGENTS, n=200)
-    assert tel[0].tracker.live_calls() == {}
-
-
-async def test_hangup_cause(tel: tuple[AmiTelephony, sc.Recorder]) -> None:
-    await sc.scenario_hangup_cause(*tel, customer)
-
-
-async def test_abandon_message(tel: tuple[AmiTelephony, sc.Recorder]) -> None:
-    await sc.scenario_abandon_message(*tel, customer)
-
-
-async def test_blind_transfer(tel: tuple[AmiTelephony, sc.Recorder]) -> None:
-    await sc.scenario_blind_transfer(*tel, customer, "Local/1001@agents", "1002")
-
-
-async def test_attended_transfer(tel: tuple[AmiTelephony, sc.Recorder]) -> None:
-    await sc.scenario_attended_transfer(*tel, customer, "Local/1001@agents", "1002")
-
-
-async def test_hold_and_unhold(tel: tuple[AmiTelephony, sc.Recorder]) -> None:
-    await sc.scenario_hold(*tel, customer, "Local/1001@agents")
-
-
-async def test_dtmf_both_ways(tel: tuple[AmiTelephony, sc.Recorder]) -> None:
-    await sc.scenario_dtmf(*tel, customer)
 
 
 async def test_link_dropped_mid_campaign() -> None:

@@ -1,7 +1,8 @@
 """Run the Asterisk emulator: `async with run_pbx(ami_port=0) as pbx: pbx.ami_port`.
 
-The runner owns the servers and closes them (and every timer they own) on exit. Only the AMI
-side exists so far; the ARI server is still to come.
+The runner owns the servers and closes them (and every timer they own) on exit. The ARI server
+(`sim.pbx.ari_server`) runs too when `ari_port` is given (0 = any free port); the two sides do
+not share calls.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from sim.pbx.ami_server import AmiServer
+from sim.pbx.ari_server import AriServer
 from sim.population import Population
 
 
@@ -20,10 +22,15 @@ class RunningPbx:
 
     ami: AmiServer
     host: str
+    ari: AriServer | None = None
 
     @property
     def ami_port(self) -> int:
         return self.ami.port
+
+    @property
+    def ari_port(self) -> int | None:
+        return None if self.ari is None else self.ari.port
 
 
 @asynccontextmanager
@@ -35,8 +42,9 @@ async def run_pbx(
     seed: int = 0,
     time_scale: float = 1.0,
     auth_fail_delay_s: float = 1.0,
+    ari_port: int | None = None,
 ) -> AsyncIterator[RunningPbx]:
-    """Start the emulator on `host`; port 0 binds an ephemeral port."""
+    """Start the emulator on `host`; port 0 binds an ephemeral port. `ari_port` None: no ARI."""
     async with AmiServer(
         host=host,
         port=ami_port,
@@ -45,4 +53,10 @@ async def run_pbx(
         time_scale=time_scale,
         auth_fail_delay_s=auth_fail_delay_s,
     ) as ami:
-        yield RunningPbx(ami=ami, host=host)
+        if ari_port is None:
+            yield RunningPbx(ami=ami, host=host)
+            return
+        async with AriServer(
+            host=host, port=ari_port, population=population, seed=seed, time_scale=time_scale
+        ) as ari:
+            yield RunningPbx(ami=ami, host=host, ari=ari)

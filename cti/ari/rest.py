@@ -1,0 +1,250 @@
+"""A small typed aiohttp client for the ARI REST resources the dialer and the IVR need.
+
+Paths and parameter names are exactly those of the Asterisk 20 swagger
+(`tests/fixtures/asterisk/ari-api-docs/`). Every method returns the decoded JSON (or None for
+204) and raises an `cti.ari.errors.AriError` subclass for an error response (ARI's `message`
+in `detail`), or `BackendUnavailable` when Asterisk cannot be reached. The client owns no
+session: the caller passes one configured with Basic auth (or passes `api_key`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
+
+import aiohttp
+from yarl import URL
+
+from cti.ari.codes import hangup_params
+from cti.ari.errors import error_for_response
+from cti.interface import BackendUnavailable
+
+JsonObject = dict[str, Any]
+
+
+def ari_base_url(base_url: str) -> URL:
+    """`http://host:8088` or `http://host:8088/ari` -> the URL that ends in `/ari`."""
+    url = URL(base_url.rstrip("/"))
+    return url if url.path.endswith("/ari") else url / "ari"
+
+
+def _clean(params: Mapping[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, list | tuple):
+            out[key] = ",".join(str(v) for v in value)
+        else:
+            out[key] = str(value)
+    return out
+
+
+class AriRestClient:
+    """ARI REST over one aiohttp session. `base_url` may or may not end in `/ari`."""
+
+    def __init__(
+        self, session: aiohttp.ClientSession, base_url: str, *, api_key: str | None = None
+    ) -> None:
+        self._session = session
+        self.base_url = ari_base_url(base_url)
+        self._api_key = api_key
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """One request; the decoded JSON body, or None when there is none (204)."""
+        query = _clean(params or {})
+        if self._api_key is not None:
+            query["api_key"] = self._api_key
+        url = self.base_url.with_path(self.base_url.path + path)
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json"} if data is not None else None
+        try:
+            async with self._session.request(
+                method, url, params=query, data=data, headers=headers
+            ) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    raise error_for_response(resp.status, raw, method=method, path=path)
+                if not raw:
+                    return None
+                return json.loads(raw)
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise BackendUnavailable(
+                f"ARI at {self.base_url} is unreachable ({method} {path})",
+                detail=f"{type(exc).__name__}: {exc}",
+            ) from exc
+
+    # ----- asterisk / applications / endpoints --------------------------------------------
+    async def ping(self) -> JsonObject:
+        return cast(JsonObject, await self.request("GET", "/asterisk/ping"))
+
+    async def subscribe(self, app: str, event_sources: Iterable[str]) -> JsonObject:
+        return cast(
+            JsonObject,
+            await self.request(
+                "POST",
+                f"/applications/{app}/subscription",
+                params={"eventSource": list(event_sources)},
+            ),
+        )
+
+    async def list_endpoints(self) -> list[JsonObject]:
+        return cast(list[JsonObject], await self.request("GET", "/endpoints"))
+
+    # ----- channels ----------------------------------------------------------------------
+    async def originate(
+        self,
+        endpoint: str,
+        *,
+        app: str | None = None,
+        app_args: Sequence[str] = (),
+        channel_id: str | None = None,
+        other_channel_id: str | None = None,
+        caller_id: str | None = None,
+        timeout_s: int | None = None,
+        context: str | None = None,
+        extension: str | None = None,
+        priority: int | None = None,
+        variables: Mapping[str, str] | None = None,
+    ) -> JsonObject:
+        """`POST /channels`. Give `app` (enter Stasis on answer) or `extension`/`context`."""
+        params = {
+            "endpoint": endpoint,
+            "app": app,
+            "appArgs": list(app_args) if app_args else None,
+            "channelId": channel_id,
+            "otherChannelId": other_channel_id,
+            "callerId": caller_id or None,
+            "timeout": timeout_s,
+            "context": context,
+            "extension": extension,
+            "priority": priority,
+        }
+        body = {"variables": dict(variables)} if variables else None
+        return cast(JsonObject, await self.request("POST", "/channels", params=params, body=body))
+
+    async def list_channels(self) -> list[JsonObject]:
+        return cast(list[JsonObject], await self.request("GET", "/channels"))
+
+    async def get_channel(self, channel_id: str) -> JsonObject:
+        return cast(JsonObject, await self.request("GET", f"/channels/{channel_id}"))
+
+    async def hangup(self, channel_id: str, cause: int | None = None) -> None:
+        """`DELETE /channels/{id}` with the ARI reason for Q.850 `cause` (none: normal)."""
+        params = hangup_params(cause) if cause is not None else {}
+        await self.request("DELETE", f"/channels/{channel_id}", params=params)
+
+    async def answer(self, channel_id: str) -> None:
+        await self.request("POST", f"/channels/{channel_id}/answer")
+
+    async def continue_in_dialplan(
+        self,
+        channel_id: str,
+        *,
+        context: str | None = None,
+        extension: str | None = None,
+        priority: int | None = None,
+        label: str | None = None,
+    ) -> None:
+        params = {"context": context, "extension": extension, "priority": priority, "label": label}
+        await self.request("POST", f"/channels/{channel_id}/continue", params=params)
+
+    async def redirect(self, channel_id: str, endpoint: str) -> None:
+        await self.request(
+            "POST", f"/channels/{channel_id}/redirect", params={"endpoint": endpoint}
+        )
+
+    async def play(
+        self,
+        channel_id: str,
+        media: str | Sequence[str],
+        *,
+        playback_id: str | None = None,
+        lang: str | None = None,
+    ) -> JsonObject:
+        params = {"media": media if isinstance(media, str) else list(media), "lang": lang}
+        params["playbackId"] = playback_id
+        return cast(
+            JsonObject, await self.request("POST", f"/channels/{channel_id}/play", params=params)
+        )
+
+    async def start_moh(self, channel_id: str, moh_class: str | None = None) -> None:
+        await self.request("POST", f"/channels/{channel_id}/moh", params={"mohClass": moh_class})
+
+    async def stop_moh(self, channel_id: str) -> None:
+        await self.request("DELETE", f"/channels/{channel_id}/moh")
+
+    async def hold(self, channel_id: str) -> None:
+        await self.request("POST", f"/channels/{channel_id}/hold")
+
+    async def unhold(self, channel_id: str) -> None:
+        await self.request("DELETE", f"/channels/{channel_id}/hold")
+
+    async def send_dtmf(
+        self,
+        channel_id: str,
+        dtmf: str,
+        *,
+        between_ms: int | None = None,
+        duration_ms: int | None = None,
+    ) -> None:
+        params = {"dtmf": dtmf, "between": between_ms, "duration": duration_ms}
+        await self.request("POST", f"/channels/{channel_id}/dtmf", params=params)
+
+    async def get_variable(self, channel_id: str, variable: str) -> str:
+        result = await self.request(
+            "GET", f"/channels/{channel_id}/variable", params={"variable": variable}
+        )
+        return str(cast(JsonObject, result).get("value", ""))
+
+    async def set_variable(self, channel_id: str, variable: str, value: str) -> None:
+        await self.request(
+            "POST",
+            f"/channels/{channel_id}/variable",
+            params={"variable": variable, "value": value},
+        )
+
+    # ----- bridges -----------------------------------------------------------------------
+    async def create_bridge(
+        self, *, bridge_type: str = "mixing", bridge_id: str | None = None, name: str | None = None
+    ) -> JsonObject:
+        params = {"type": bridge_type, "bridgeId": bridge_id, "name": name}
+        return cast(JsonObject, await self.request("POST", "/bridges", params=params))
+
+    async def get_bridge(self, bridge_id: str) -> JsonObject:
+        return cast(JsonObject, await self.request("GET", f"/bridges/{bridge_id}"))
+
+    async def add_channel(self, bridge_id: str, channel_ids: Sequence[str]) -> None:
+        await self.request(
+            "POST", f"/bridges/{bridge_id}/addChannel", params={"channel": list(channel_ids)}
+        )
+
+    async def remove_channel(self, bridge_id: str, channel_ids: Sequence[str]) -> None:
+        await self.request(
+            "POST", f"/bridges/{bridge_id}/removeChannel", params={"channel": list(channel_ids)}
+        )
+
+    async def destroy_bridge(self, bridge_id: str) -> None:
+        await self.request("DELETE", f"/bridges/{bridge_id}")
+
+    # ----- playbacks ---------------------------------------------------------------------
+    async def get_playback(self, playback_id: str) -> JsonObject:
+        return cast(JsonObject, await self.request("GET", f"/playbacks/{playback_id}"))
+
+    async def stop_playback(self, playback_id: str) -> None:
+        await self.request("DELETE", f"/playbacks/{playback_id}")
+
+    async def control_playback(self, playback_id: str, operation: str) -> None:
+        await self.request(
+            "POST", f"/playbacks/{playback_id}/control", params={"operation": operation}
+        )

@@ -1,0 +1,449 @@
+"""Sans-IO ARI call tracker: ARI events in, normalized `CallEvent`s out.
+
+`AriTracker` knows which channels are ours: the backend announces each channel it originates
+with `expect(channel_id, call_id, role=...)` before the POST (the customer leg's channel id IS
+the dialer's call id, so a retried POST cannot make a second call). A channel that enters our
+Stasis application without having been announced is an inbound call: it is tracked under its
+own channel id and reported as INBOUND.
+
+Facts the mapping relies on (Asterisk 20.20.1 captures):
+- `ChannelHangupRequest` `cause` 32 with `soft: true` is a flag on an ARI DELETE, not a Q.850
+  cause; the real cause comes with `ChannelDestroyed` (16 for a DELETE with reason normal).
+- A channel we originated stays subscribed after `StasisEnd` (continue, redirect), so its
+  `ChannelDestroyed` still arrives. A channel that merely entered Stasis (inbound) is not:
+  after `StasisEnd` following a hang-up request nothing more comes, so the hang-up is reported
+  at `StasisEnd`.
+- AMD() sets AMDSTATUS then AMDCAUSE (ChannelVarset). The reference dialplan `dialer-amd`
+  passes `human` as the first Stasis argument when AMD said HUMAN.
+- Hold on a Local channel starts music on hold but sends no ChannelHold: the backend reports
+  HELD/UNHELD itself; the tracker maps ChannelHold/ChannelUnhold when they do come.
+
+The tracker never reads a clock or a socket; `feed` is deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from cti import causes
+from cti.events import CallEvent, CallEventKind
+
+log = logging.getLogger(__name__)
+
+#: How many ended channel ids are remembered (to ignore their late events and not mistake a
+#: late StasisStart for an inbound call). At 100 calls/s this covers more than 8 minutes.
+MAX_ENDED_REMEMBERED = 50_000
+
+#: The Stasis arguments the reference dialplan (`dialer-amd`) uses to say what AMD decided.
+AMD_STASIS_ARGS: dict[str, str] = {"human": "HUMAN", "machine": "MACHINE", "notsure": "NOTSURE"}
+
+
+class LegRole(StrEnum):
+    CUSTOMER = "customer"  # the dialer's call: events are reported under call_id
+    AGENT = "agent"  # the agent leg of call_id (connect_to_agent)
+    CONSULT = "consult"  # the consultation leg of an attended transfer of call_id
+
+
+@dataclass(slots=True)
+class _Leg:
+    channel_id: str
+    call_id: str
+    role: LegRole
+    peer: str = ""
+    inbound: bool = False
+    answered: bool = False
+    ringing: bool = False
+    in_stasis: bool = False
+    amd: str | None = None
+    amd_cause: str | None = None
+    amd_reported: bool = False
+    hangup_cause: int | None = None  # a real (not soft) cause from ChannelHangupRequest
+    hangup_requested: bool = False
+    bridge_id: str | None = None
+    bridged_with: str | None = None
+    dialing_reported: bool = False
+
+
+def _channel(event: Mapping[str, Any], key: str = "channel") -> Mapping[str, Any]:
+    obj = event.get(key)
+    return obj if isinstance(obj, Mapping) else {}
+
+
+def _int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return None
+
+
+@dataclass(slots=True)
+class AriTracker:
+    """Tracks our channels and turns ARI events into CallEvents (see the module docstring)."""
+
+    _legs: dict[str, _Leg] = field(default_factory=dict)
+    _ended: dict[str, None] = field(default_factory=dict)  # insertion-ordered, bounded
+    #: bridge id -> channel ids in it, as the last bridge snapshot said
+    _bridges: dict[str, list[str]] = field(default_factory=dict)
+
+    # ----- registration ------------------------------------------------------------------
+    def expect(
+        self,
+        channel_id: str,
+        call_id: str | None = None,
+        *,
+        role: LegRole | str = LegRole.CUSTOMER,
+        peer: str = "",
+    ) -> None:
+        """Announce a channel we are about to originate. `call_id` defaults to `channel_id`;
+        `peer` is the endpoint dialled (reported as BRIDGED.peer for agent/consult legs)."""
+        self._legs[channel_id] = _Leg(
+            channel_id=channel_id,
+            call_id=call_id or channel_id,
+            role=LegRole(role),
+            peer=peer,
+        )
+        self._ended.pop(channel_id, None)
+
+    def mark_dialing(self, call_id: str) -> list[CallEvent]:
+        """DIALING for an originated customer call, once: when ARI accepted the POST or at the
+        call's first event, whichever comes first (so DIALING is always the first event)."""
+        leg = self._legs.get(call_id)
+        if leg is None or leg.role is not LegRole.CUSTOMER or leg.inbound or leg.dialing_reported:
+            return []
+        leg.dialing_reported = True
+        return [self._event(CallEventKind.DIALING, leg)]
+
+    def amd_known(self, call_id: str) -> bool:
+        leg = self._legs.get(call_id)
+        return leg is not None and leg.amd is not None
+
+    def note_amd(self, call_id: str, status: str, cause: str = "") -> list[CallEvent]:
+        """An AMD verdict read back with `GET /channels/{id}/variable` (after a resync, when
+        the ChannelVarset events were lost). Ignored when already known or empty."""
+        leg = self._legs.get(call_id)
+        if leg is None or leg.amd is not None or not status:
+            return []
+        leg.amd, leg.amd_cause = status.upper(), cause or None
+        return self._flush_amd(leg)
+
+    def forget(self, channel_id: str) -> None:
+        """Stop tracking a channel whose originate was refused (no event will ever come)."""
+        self._legs.pop(channel_id, None)
+
+    def is_live(self, call_id: str) -> bool:
+        leg = self._legs.get(call_id)
+        return leg is not None and leg.role is LegRole.CUSTOMER
+
+    def is_answered(self, call_id: str) -> bool:
+        leg = self._legs.get(call_id)
+        return leg is not None and leg.answered
+
+    def in_stasis(self, channel_id: str) -> bool:
+        leg = self._legs.get(channel_id)
+        return leg is not None and leg.in_stasis
+
+    def live_call_ids(self) -> list[str]:
+        """Customer calls that have not ended yet."""
+        return [c for c, leg in self._legs.items() if leg.role is LegRole.CUSTOMER]
+
+    def legs_of(self, call_id: str, role: LegRole | str) -> list[str]:
+        """Channel ids of the live legs of `call_id` with `role`."""
+        want = LegRole(role)
+        return [c for c, leg in self._legs.items() if leg.call_id == call_id and leg.role is want]
+
+    def role_of(self, channel_id: str) -> tuple[str, LegRole] | None:
+        leg = self._legs.get(channel_id)
+        return None if leg is None else (leg.call_id, leg.role)
+
+    # ----- events ------------------------------------------------------------------------
+    def feed(self, event: Mapping[str, Any]) -> list[CallEvent]:
+        """Process one ARI event (a decoded JSON object); return the CallEvents it causes."""
+        kind = event.get("type")
+        if kind == "BridgeDestroyed":
+            bridge = _channel(event, "bridge")
+            self._bridges.pop(str(bridge.get("id", "")), None)
+            return []
+        chan = _channel(event, "peer" if kind == "Dial" else "channel")
+        channel_id = chan.get("id")
+        if not isinstance(channel_id, str):
+            return []
+        leg = self._legs.get(channel_id)
+        if leg is None:
+            if kind == "StasisStart" and channel_id not in self._ended:
+                return self._inbound(event, chan, channel_id)
+            return []
+        out: list[CallEvent] = self.mark_dialing(channel_id)
+        if not (kind == "ChannelVarset" and event.get("variable") == "AMDCAUSE"):
+            out.extend(self._flush_amd(leg))
+        handler = _HANDLERS.get(str(kind))
+        if handler is not None:
+            out.extend(handler(self, leg, event, chan))
+        return out
+
+    def reconcile(self, live_channels: Iterable[Mapping[str, Any]]) -> list[CallEvent]:
+        """Resynchronize from a `GET /channels` snapshot taken after the event link was down.
+
+        A tracked customer call absent from the snapshot ended meanwhile: its HANGUP is
+        reported now (cause unknown, so None; the outcome still follows `cti.causes` from what
+        we knew: answered or not). A call that is present and `Up` but not yet seen answered
+        is reported ANSWERED. Other legs that are gone are dropped silently.
+        """
+        snapshot = {str(c.get("id")): c for c in live_channels if isinstance(c, Mapping)}
+        out: list[CallEvent] = []
+        for channel_id, leg in list(self._legs.items()):
+            chan = snapshot.get(channel_id)
+            if chan is None:
+                self._end(leg)
+                if leg.role is LegRole.CUSTOMER:
+                    out.append(
+                        self._hangup_event(
+                            leg, None, detail="ended while the ARI event link was down"
+                        )
+                    )
+                continue
+            if leg.role is LegRole.CUSTOMER and chan.get("state") == "Up" and not leg.answered:
+                leg.answered = True
+                out.append(self._event(CallEventKind.ANSWERED, leg))
+        return out
+
+    # ----- helpers -----------------------------------------------------------------------
+    def _event(self, kind: CallEventKind, leg: _Leg, **kw: Any) -> CallEvent:
+        return CallEvent(kind=kind, call_id=leg.call_id, channel=leg.channel_id, **kw)
+
+    def _end(self, leg: _Leg) -> None:
+        self._legs.pop(leg.channel_id, None)
+        self._ended[leg.channel_id] = None
+        if len(self._ended) > MAX_ENDED_REMEMBERED:
+            del self._ended[next(iter(self._ended))]
+        if leg.bridge_id is not None:
+            members = self._bridges.get(leg.bridge_id)
+            if members and leg.channel_id in members:
+                members.remove(leg.channel_id)
+
+    def _hangup_event(self, leg: _Leg, cause: int | None, *, detail: str = "") -> CallEvent:
+        outcome = causes.outcome_for_call(answered=leg.answered, cause=cause, amd=leg.amd)
+        return self._event(CallEventKind.HANGUP, leg, cause=cause, outcome=outcome, detail=detail)
+
+    def _inbound(
+        self, event: Mapping[str, Any], chan: Mapping[str, Any], channel_id: str
+    ) -> list[CallEvent]:
+        leg = _Leg(channel_id=channel_id, call_id=channel_id, role=LegRole.CUSTOMER, inbound=True)
+        self._legs[channel_id] = leg
+        caller = chan.get("caller")
+        number = caller.get("number") if isinstance(caller, Mapping) else None
+        out = [
+            self._event(
+                CallEventKind.INBOUND, leg, caller_id=number if isinstance(number, str) else ""
+            )
+        ]
+        out.extend(self._stasis_start(leg, event, chan))
+        return out
+
+    def _flush_amd(self, leg: _Leg) -> list[CallEvent]:
+        if leg.amd is None or leg.amd_reported:
+            return []
+        leg.amd_reported = True
+        return [self._event(CallEventKind.AMD, leg, amd=leg.amd, amd_cause=leg.amd_cause)]
+
+    def _answered(self, leg: _Leg) -> list[CallEvent]:
+        if leg.answered or leg.role is not LegRole.CUSTOMER:
+            leg.answered = True
+            return []
+        leg.answered = True
+        return [self._event(CallEventKind.ANSWERED, leg)]
+
+    # handlers: (leg, event, channel object) -> events
+    def _stasis_start(
+        self, leg: _Leg, event: Mapping[str, Any], chan: Mapping[str, Any]
+    ) -> list[CallEvent]:
+        leg.in_stasis = True
+        out: list[CallEvent] = []
+        if chan.get("state") == "Up":
+            out.extend(self._answered(leg))
+        args = event.get("args")
+        if (
+            leg.role is LegRole.CUSTOMER
+            and isinstance(args, list)
+            and args
+            and isinstance(args[0], str)
+            and args[0].lower() in AMD_STASIS_ARGS
+            and leg.amd is None
+        ):
+            leg.amd = AMD_STASIS_ARGS[args[0].lower()]
+            out.extend(self._flush_amd(leg))
+        return out
+
+    def _stasis_end(
+        self, leg: _Leg, event: Mapping[str, Any], chan: Mapping[str, Any]
+    ) -> list[CallEvent]:
+        leg.in_stasis = False
+        if leg.inbound and leg.hangup_requested:
+            # Not subscribed beyond Stasis: no ChannelDestroyed will follow.
+            self._end(leg)
+            if leg.role is LegRole.CUSTOMER:
+                cause = leg.hangup_cause or causes.NORMAL_CLEARING
+                return [self._hangup_event(leg, cause)]
+        return []
+
+    def _state_change(
+        self, leg: _Leg, event: Mapping[str, Any], chan: Mapping[str, Any]
+    ) -> list[CallEvent]:
+        state = chan.get("state")
+        if state == "Up":
+            return self._answered(leg)
+        if state in ("Ringing", "Ring") and not leg.ringing and not leg.answered:
+            leg.ringing = True
+            if leg.role is LegRole.CUSTOMER and not leg.inbound:
+                return [self._event(CallEventKind.RINGING, leg)]
+        return []
+
+    def _varset(
+        self, leg: _Leg, event: Mapping[str, Any], chan: Mapping[str, Any]
+    ) -> list[CallEvent]:
+        name = event.get("variable")
+        value = event.get("value")
+        if not isinstance(value, str):
+            return []
+        if name == "AMDSTATUS" and value:
+            leg.amd = value.upper()
+            leg.amd_reported = False
+        elif name == "AMDCAUSE" and value:
+            leg.amd_cause = value
+            return self._flush_amd(leg)
+        return []
+
+    def _dtmf(
+        self, leg: _Leg, event: Mapping[str, Any], chan: Mapping[str, Any]
+    ) -> list[CallEvent]:
+        digit = event.get("digit")
+        if leg.role is not LegRole.CUSTOMER or not isinstance(digit, str):
+            return []
+        return [self._event(CallEventKind.DTMF, leg, digit=digit)]
+
+    def _bridge_members(self, event: Mapping[str, Any]) -> tuple[str, list[str]]:
+        bridge = _channel(event, "bridge")
+        bridge_id = str(bridge.get("id", ""))
+        members = [c for c in bridge.get("channels", []) if isinstance(c, str)]
+        self._bridges[bridge_id] = members
+        return bridge_id, members
+
+    def _peer_name(self, channel_id: str) -> str:
+        other = self._legs.get(channel_id)
+        if other is not None and other.peer:
+            return other.peer
+        return channel_id
+
+    def _entered_bridge(
+        self, leg: _Leg, event: Mapping[str, Any], chan: Mapping[str, Any]
+    ) -> list[CallEvent]:
+        bridge_id, members = self._bridge_members(event)
+        leg.bridge_id = bridge_id
+        out: list[CallEvent] = []
+        for member in members:
+            cust = self._legs.get(member)
+            if cust is None or cust.role is not LegRole.CUSTOMER or cust.bridged_with:
+                continue
+            others = [m for m in members if m != member]
+            if others:
+                cust.bridged_with = others[-1]
+                cust.bridge_id = bridge_id
+                out.append(
+                    self._event(CallEventKind.BRIDGED, cust, peer=self._peer_name(others[-1]))
+                )
+        return out
+
+    def _left_bridge(
+        self, leg: _Leg, event: Mapping[str, Any], chan: Mapping[str, Any]
+    ) -> list[CallEvent]:
+        _bridge_id, members = self._bridge_members(event)
+        out: list[CallEvent] = []
+        if leg.role is LegRole.CUSTOMER and leg.bridged_with:
+            peer = self._peer_name(leg.bridged_with)
+            leg.bridged_with = None
+            out.append(self._event(CallEventKind.UNBRIDGED, leg, peer=peer))
+        leg.bridge_id = None
+        for member in members:
+            cust = self._legs.get(member)
+            if cust is None or cust.role is not LegRole.CUSTOMER:
+                continue
+            if cust.bridged_with == leg.channel_id:
+                remaining = [m for m in members if m != member]
+                if remaining:
+                    cust.bridged_with = remaining[-1]
+                else:
+                    cust.bridged_with = None
+                    out.append(
+                        self._event(
+                            CallEventKind.UNBRIDGED, cust, peer=self._peer_name(leg.channel_id)
+                        )
+                    )
+        return out
+
+    def _hold(
+        self, leg: _Leg, event: Mapping[str, Any], chan: Mapping[str, Any]
+    ) -> list[CallEvent]:
+        kind = CallEventKind.HELD if event.get("type") == "ChannelHold" else CallEventKind.UNHELD
+        extra = {} if leg.role is LegRole.CUSTOMER else {"leg": leg.role.value}
+        return [self._event(kind, leg, extra=extra)]
+
+    def _hangup_request(
+        self, leg: _Leg, event: Mapping[str, Any], chan: Mapping[str, Any]
+    ) -> list[CallEvent]:
+        leg.hangup_requested = True
+        cause = _int(event.get("cause"))
+        if not event.get("soft") and cause:
+            leg.hangup_cause = cause
+        return []
+
+    def _destroyed(
+        self, leg: _Leg, event: Mapping[str, Any], chan: Mapping[str, Any]
+    ) -> list[CallEvent]:
+        cause = _int(event.get("cause"))
+        if not cause:  # 0 "Unknown": fall back on what the hang-up request said
+            cause = leg.hangup_cause or cause
+        out: list[CallEvent] = []
+        if leg.bridged_with and leg.role is LegRole.CUSTOMER:
+            out.append(
+                self._event(CallEventKind.UNBRIDGED, leg, peer=self._peer_name(leg.bridged_with))
+            )
+            leg.bridged_with = None
+        self._end(leg)
+        if leg.role is LegRole.CUSTOMER:
+            cause_txt = event.get("cause_txt")
+            out.append(self._hangup_event(leg, cause, detail=str(cause_txt or "")))
+        elif not leg.answered:
+            # An agent or consult leg that never answered: the customer is not connected.
+            cust = self._legs.get(leg.call_id)
+            if cust is not None:
+                out.append(
+                    self._event(
+                        CallEventKind.UNBRIDGED,
+                        cust,
+                        peer=leg.peer or leg.channel_id,
+                        cause=cause,
+                        detail=f"{leg.role.value} leg ended unanswered: {event.get('cause_txt')}",
+                    )
+                )
+        return out
+
+
+_HANDLERS = {
+    "StasisStart": AriTracker._stasis_start,
+    "StasisEnd": AriTracker._stasis_end,
+    "ChannelStateChange": AriTracker._state_change,
+    "ChannelVarset": AriTracker._varset,
+    "ChannelDtmfReceived": AriTracker._dtmf,
+    "ChannelEnteredBridge": AriTracker._entered_bridge,
+    "ChannelLeftBridge": AriTracker._left_bridge,
+    "ChannelHold": AriTracker._hold,
+    "ChannelUnhold": AriTracker._hold,
+    "ChannelHangupRequest": AriTracker._hangup_request,
+    "ChannelDestroyed": AriTracker._destroyed,
+}
