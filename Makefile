@@ -31,6 +31,7 @@ unit: $(BIN)/.installed
 bench: $(BIN)/.installed
 	$(BIN)/python bench/import_contacts.py
 	$(BIN)/python bench/lease.py
+	$(BIN)/python bench/ami_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -49,7 +49,13 @@ async def test_link_dropped_mid_campaign() -> None:
                 for call_id, number in numbers.items():
                     tg.create_task(sc.originate(tel, call_id, customer(number)))
             people = [c for c, n in numbers.items() if not n.endswith("0017")]
+            busy = [c for c in numbers if c not in people]
             await rec.until(lambda: all(rec.first(c, CallEventKind.ANSWERED) for c in people))
+            await rec.until(lambda: all(rec.ended(c) for c in busy))
+            # Connected to agents, so the dialplan's 60 s (0.6 s here) wait does not end them.
+            for call_id in people:
+                await tel.connect_to_agent(call_id, "Local/1001@agents")
+            await rec.until(lambda: all(rec.first(c, CallEventKind.BRIDGED) for c in people))
 
             pbx.refuse_logins = True
             pbx.drop_connections()

@@ -38,3 +38,19 @@ def test_import_bench_runs_small() -> None:
                      r"contacts/s, \d\.\d\d of the raw parse rate \(goal >= 0.50\)",
                      proc.stdout, re.M), proc.stdout
     assert "single process" in proc.stdout
+
+
+def test_ami_throughput_bench_runs_small() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ami_throughput.py"),
+         "--calls", "40", "--replays", "20"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^emulator on loopback: 40 originates acknowledged at [\d,]+/s",
+                     proc.stdout, re.M), proc.stdout
+    assert re.search(r"^emulator on loopback: [\d,]+ AMI events parsed and tracked at [\d,]+/s "
+                     r"\(40 calls ended\)", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^parser alone: .* replayed 20 times: [\d,]+ messages/s",
+                     proc.stdout, re.M), proc.stdout
+    assert re.search(r"^ratio: .* = \d+\.\d\d", proc.stdout, re.M), proc.stdout
