@@ -31,6 +31,38 @@ SWITCH_CONGESTION = 42
 REQUESTED_CHAN_UNAVAIL = 44
 INTERWORKING = 127
 
+#: Asterisk's own text for a cause (`ast_cause2str`), as AMI `Cause-txt` and ARI `cause_txt`
+#: carry it. The emulator writes these; the client only ever reads the number.
+CAUSE_TEXT: dict[int, str] = {
+    0: "Unknown",
+    1: "Unallocated (unassigned) number",
+    2: "No route to specified transmit network",
+    3: "No route to destination",
+    16: "Normal Clearing",
+    17: "User busy",
+    18: "No user responding",
+    19: "User alerting, no answer",
+    20: "Subscriber absent",
+    21: "Call Rejected",
+    22: "Number changed",
+    26: "Answered elsewhere",
+    27: "Destination out of order",
+    28: "Invalid number format (incomplete number)",
+    31: "Normal, unspecified",
+    34: "Circuit/channel congestion",
+    38: "Network out of order",
+    41: "Temporary failure",
+    42: "Switching equipment congestion",
+    44: "Requested channel not available",
+    58: "Bearer capability not available",
+    127: "Interworking, unspecified",
+}
+
+
+def cause_text(cause: int) -> str:
+    return CAUSE_TEXT.get(cause, "Unknown")
+
+
 #: Outcome of a call that was never answered, by its Q.850 cause.
 UNANSWERED_OUTCOME_BY_CAUSE: dict[int, Outcome] = {
     UNALLOCATED: Outcome.FAILED,

@@ -192,20 +192,22 @@ class Population:
         return rng.uniform(*self.fail_ring_range_s), 0.0, ""
 
 
+#: The number suffixes of `deterministic_test_population`, like the reference dialplan's
+#: extension patterns. Tests that need more kinds add their own overrides after these.
+DETERMINISTIC_OVERRIDES: tuple[Override, ...] = (
+    Override(r"0017$", CalleeKind.BUSY),
+    Override(r"0019$", CalleeKind.NO_ANSWER),
+    Override(r"0021$", CalleeKind.REJECTED),
+    Override(r"0001$", CalleeKind.FAILED),
+    Override(r"0034$", CalleeKind.CONGESTION),
+    Override(r"0666$", CalleeKind.MACHINE),
+)
+
+
 def deterministic_test_population() -> Population:
     """A population whose outcome depends on the number only, like the reference dialplan.
 
     Suffixes: ...0017 busy, ...0019 no answer, ...0021 rejected, ...0001 failed (unallocated),
     ...0034 congestion, ...0666 machine; anything else is a human.
     """
-    return Population(
-        weights={CalleeKind.HUMAN: 1.0},
-        overrides=(
-            Override(r"0017$", CalleeKind.BUSY),
-            Override(r"0019$", CalleeKind.NO_ANSWER),
-            Override(r"0021$", CalleeKind.REJECTED),
-            Override(r"0001$", CalleeKind.FAILED),
-            Override(r"0034$", CalleeKind.CONGESTION),
-            Override(r"0666$", CalleeKind.MACHINE),
-        ),
-    )
+    return Population(weights={CalleeKind.HUMAN: 1.0}, overrides=DETERMINISTIC_OVERRIDES)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from cti.events import CallEvent, CallEventKind
 from cti.interface import OriginateRequest, Telephony, TelephonyError, UnknownCall
 from dialer.domain import Outcome
-from sim.population import CalleeKind, Override, Population
+from sim.population import DETERMINISTIC_OVERRIDES, CalleeKind, Override, Population
 
 OUTCOME_BY_SUFFIX: dict[str, Outcome] = {
     "0017": Outcome.BUSY,
@@ -43,12 +43,7 @@ def scenario_population() -> Population:
         # after a REST round trip); the scenario hangs up machines itself.
         machine_talk_range_s=(60.0, 90.0),
         overrides=(
-            Override(r"0017$", CalleeKind.BUSY),
-            Override(r"0019$", CalleeKind.NO_ANSWER),
-            Override(r"0021$", CalleeKind.REJECTED),
-            Override(r"0001$", CalleeKind.FAILED),
-            Override(r"0034$", CalleeKind.CONGESTION),
-            Override(r"0666$", CalleeKind.MACHINE),
+            *DETERMINISTIC_OVERRIDES,
             Override(r"0777$", CalleeKind.HUMAN, dtmf=DTMF_DIGITS),
         ),
     )

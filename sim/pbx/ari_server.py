@@ -64,22 +64,7 @@ from sim.population import CalleeBehaviour, CalleeKind, Population, deterministi
 
 ASTERISK_ID = "02:fc:00:00:00:01"
 
-CAUSE_TXT: dict[int, str] = {
-    0: "Unknown",
-    1: "Unallocated (unassigned) number",
-    16: "Normal Clearing",
-    17: "User busy",
-    18: "No user responding",
-    19: "User alerting, no answer",
-    21: "Call Rejected",
-    26: "Answered elsewhere",
-    28: "Invalid number format (incomplete number)",
-    31: "Normal, unspecified",
-    34: "Circuit/channel congestion",
-    38: "Network out of order",
-    58: "Bearer capability not available",
-    127: "Interworking, unspecified",
-}
+CAUSE_TXT = causes.CAUSE_TEXT  # one table, in cti.causes
 
 #: ARI hangup `reason` -> Q.850 cause: the client's table (one source of truth).
 REASON_CAUSE = CAUSE_BY_REASON

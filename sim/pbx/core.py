@@ -39,6 +39,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from cti import causes
 from cti.ami import codes
 from sim.population import CalleeBehaviour, CalleeKind, Population
 
@@ -46,25 +47,7 @@ log = logging.getLogger(__name__)
 
 Pairs = list[tuple[str, str]]
 
-CAUSE_TXT: dict[int, str] = {
-    0: "Unknown",
-    1: "Unallocated (unassigned) number",
-    16: "Normal Clearing",
-    17: "User busy",
-    18: "No user responding",
-    19: "User alerting, no answer",
-    20: "Subscriber absent",
-    21: "Call Rejected",
-    22: "Number changed",
-    27: "Destination out of order",
-    28: "Invalid number format",
-    31: "Normal, unspecified",
-    34: "Circuit/channel congestion",
-    38: "Network out of order",
-    41: "Temporary failure",
-    42: "Switching equipment congestion",
-    44: "Requested channel not available",
-}
+CAUSE_TXT = causes.CAUSE_TEXT  # one table, in cti.causes
 
 #: OriginateResponse Reason for a failed Local-channel callee, by DIALSTATUS.
 REASON_BY_DIALSTATUS: dict[str, int] = {
