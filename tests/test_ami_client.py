@@ -154,3 +154,110 @@ async def test_nothing_listening_is_backend_unavailable() -> None:
 
 def test_the_secret_is_never_in_a_repr() -> None:
     assert "hunter2" not in repr(AmiCredentials("dialer", "hunter2"))
+
+
+async def test_connection_reset_during_a_reconnect_login_is_retried_not_fatal() -> None:
+    """A reset (not a clean close) while logging in again must not kill the supervisor, nor
+    cancel the task that owns the backend."""
+    import socket
+    import struct
+
+    sessions = 0
+
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, parser: AmiParser
+    ) -> None:
+        nonlocal sessions
+        sessions += 1
+        if sessions == 1:
+            await _login_and_sync(reader, writer, parser)
+            await asyncio.sleep(0.1)
+            return  # close: the link drops
+        writer.write(b"Asterisk Call Manager/9.0.0\r\n")
+        await _read_action(reader, parser)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST
+
+    server, port = await _serve(script)
+    async with server:
+        tel = AmiTelephony("127.0.0.1", port, "u", "s", backoff_initial=0.05, backoff_max=0.05)
+        async with tel:
+            await asyncio.sleep(0.6)  # this task must not be cancelled meanwhile
+            assert sessions >= 3, "kept retrying"
+            assert tel.fatal is None and not tel.connected
+        kinds = [e.kind async for e in tel.events()]
+        assert kinds[:2] == [CallEventKind.BACKEND_UP, CallEventKind.BACKEND_DOWN]
+
+
+async def test_an_originate_whose_reply_is_late_is_still_followed() -> None:
+    async def script(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, parser: AmiParser
+    ) -> None:
+        await _login_and_sync(reader, writer, parser)
+        originate = await _read_action(reader, parser)
+        await asyncio.sleep(0.4)  # a busy manager thread: the ack comes after the timeout
+        root, uid = "PJSIP/trunk-00000001", originate["ChannelId"]
+        writer.write(
+            msg(
+                Response="Success",
+                ActionID=originate["ActionID"],
+                Message="Originate successfully queued",
+            )
+        )
+        writer.write(
+            msg(Event="Newchannel", Channel=root, ChannelState="0", Uniqueid=uid, Linkedid=uid)
+        )
+        writer.write(
+            msg(Event="Newstate", Channel=root, ChannelState="6", Uniqueid=uid, Linkedid=uid)
+        )
+        writer.write(msg(Event="Hangup", Channel=root, Uniqueid=uid, Linkedid=uid, Cause="16"))
+        await writer.drain()
+        await asyncio.sleep(0.5)
+
+    server, port = await _serve(script)
+    async with server, AmiTelephony("127.0.0.1", port, "u", "s", action_timeout=0.2) as tel:
+        await tel.originate(OriginateRequest(call_id="late-1", endpoint="PJSIP/+15551230000@trunk"))
+        kinds = []
+        async for event in tel.events():
+            if event.call_id == "late-1":
+                kinds.append(event.kind)
+                if event.kind is CallEventKind.HANGUP:
+                    break
+        assert kinds == [CallEventKind.DIALING, CallEventKind.ANSWERED, CallEventKind.HANGUP]
+
+
+@pytest.mark.parametrize(
+    ("variables", "call_id"),
+    [
+        ({"LEAD": "x,PACELINE_AMD=0"}, "ok-1"),  # a comma would set a second variable
+        ({"BAD NAME": "1"}, "ok-1"),
+        ({"CDR(accountcode)": "1"}, "ok-1"),  # a function, not a variable
+        ({}, "has space"),
+        ({}, "x" * 65),
+    ],
+)
+async def test_originate_refuses_values_asterisk_would_misread(
+    variables: dict[str, str], call_id: str
+) -> None:
+    server, port = await _serve(_login_and_sync)
+    async with server, AmiTelephony("127.0.0.1", port, "u", "s") as tel:
+        with pytest.raises(ValueError):
+            await tel.originate(
+                OriginateRequest(call_id=call_id, endpoint="PJSIP/1@t", variables=variables)
+            )
+        assert tel.tracker.live_calls() == {}
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "sent"),
+    [
+        ("Local/100@ctx", "Local/100@ctx/n"),
+        ("Local/100@ctx/n", "Local/100@ctx/n"),
+        ("Local/100@ctx/m", "Local/100@ctx/mn"),
+        ("PJSIP/+15551230000@trunk", "PJSIP/+15551230000@trunk"),
+    ],
+)
+def test_local_endpoints_are_dialed_without_optimization(endpoint: str, sent: str) -> None:
+    # Local channel optimization would hang up the ;1/;2 pair mid-call once both are bridged.
+    assert AmiTelephony._dial_string(endpoint) == sent

@@ -40,9 +40,12 @@ async def test_link_dropped_mid_campaign() -> None:
     numbers = {
         f"f-{i}": f"+1555{i:03d}" + ("0017" if i % 3 == 0 else f"000{1 + i % 2}") for i in range(40)
     }
-    async with AmiServer(population=population, time_scale=0.01) as pbx, AmiTelephony(
-        "127.0.0.1", pbx.port, "dialer", "dialer", backoff_initial=0.2, backoff_max=0.4
-    ) as tel:
+    async with (
+        AmiServer(population=population, time_scale=0.01) as pbx,
+        AmiTelephony(
+            "127.0.0.1", pbx.port, "dialer", "dialer", backoff_initial=0.2, backoff_max=0.4
+        ) as tel,
+    ):
         rec = sc.Recorder(tel)
         async with rec.running():
             async with asyncio.TaskGroup() as tg:
@@ -68,9 +71,7 @@ async def test_link_dropped_mid_campaign() -> None:
             await asyncio.sleep(1.5)  # the "…1" people hang up meanwhile
             pbx.refuse_logins = False
 
-            await rec.until(
-                lambda: [e.kind for e in rec.backend][-1] is CallEventKind.BACKEND_UP
-            )
+            await rec.until(lambda: [e.kind for e in rec.backend][-1] is CallEventKind.BACKEND_UP)
             assert tel.connected and tel.reconnects >= 1
             await rec.until(lambda: all(rec.ended(c) for c in numbers), 20)
     for call_id, number in numbers.items():
@@ -86,3 +87,18 @@ async def test_link_dropped_mid_campaign() -> None:
             assert (hangup.outcome, hangup.cause, hangup.detail) == (Outcome.HUMAN, 16, "")
     assert tel.tracker.live_calls() == {}
     assert "blind" not in rec.by_call
+
+
+async def test_an_originate_that_creates_no_channel_ends_from_its_originate_response() -> None:
+    async with (
+        AmiServer(time_scale=0.01) as pbx,
+        AmiTelephony("127.0.0.1", pbx.port, "dialer", "dialer") as tel,
+    ):
+        rec = sc.Recorder(tel)
+        async with rec.running():
+            await tel.originate(
+                OriginateRequest(call_id="nowhere", endpoint="Local/777@nosuchcontext")
+            )
+            hangup = await rec.until_event("nowhere", CallEventKind.HANGUP, timeout=5)
+        assert hangup.outcome is Outcome.FAILED
+        assert tel.tracker.live_calls() == {}

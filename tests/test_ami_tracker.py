@@ -493,5 +493,34 @@ def test_resync_with_the_recorded_coreshowchannels_listing() -> None:
     gone = next(cid for cid, name in live.items() if name.startswith("Local/500@"))
     tracker.begin_resync()
     (hangup,) = tracker.resync([i for i in items if i.get("Linkedid") != gone])
-    assert (hangup.call_id, hangup.kind, hangup.outcome) == (gone, CallEventKind.HANGUP, Outcome.HUMAN)
+    assert (hangup.call_id, hangup.kind, hangup.outcome) == (
+        gone,
+        CallEventKind.HANGUP,
+        Outcome.HUMAN,
+    )
     assert list(tracker.live_calls().values()) == ["Local/501@sim-customers-0000000b;1"]
+
+
+def test_resync_ends_a_call_whose_halves_ended_on_both_sides_of_the_outage() -> None:
+    tracker = ChannelTracker()
+    tracker.expect_originate("c1", "a1", channel_id="c1")
+    _feed(
+        tracker,
+        _chan("Newchannel", "c1", ROOT, "c1", ChannelState="0"),
+        _chan("Newchannel", "c1;2", FAR, "c1", ChannelState="4"),
+    )
+    # The link drops; ;1 hangs up unseen. After the reconnect ;2's Hangup arrives live.
+    tracker.begin_resync()
+    assert tracker.feed(_chan("Hangup", "c1;2", FAR, "c1", Cause="16")) == []
+    (hangup,) = tracker.resync([])
+    assert (hangup.call_id, hangup.kind) == ("c1", CallEventKind.HANGUP)
+    assert tracker.live_calls() == {}
+
+
+def test_an_originate_without_any_channel_expires_at_its_deadline() -> None:
+    tracker = ChannelTracker()
+    tracker.expect_originate("c1", "a1", channel_id="c1", deadline=100.0)
+    assert tracker.expire(99.0) == []
+    (hangup,) = tracker.expire(101.0)
+    assert (hangup.kind, hangup.outcome) == (CallEventKind.HANGUP, Outcome.DANGLING)
+    assert tracker.expire(200.0) == []

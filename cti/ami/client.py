@@ -37,6 +37,10 @@ class ReplyLost(BackendUnavailable):
     """The action was written, then the link dropped before its reply: its effect is unknown."""
 
 
+class ReplyTimeout(TelephonyError):
+    """The action was written but no reply came in time: like `ReplyLost`, its effect is unknown."""
+
+
 class ActionFailed(TelephonyError):
     """Asterisk answered `Response: Error`. `detail` is its `Message`."""
 
@@ -114,6 +118,11 @@ class AmiConnection:
         except TimeoutError as exc:
             await conn.close()
             raise BackendUnavailable(f"AMI at {host}:{port} did not answer the login") from exc
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            await conn.close()
+            raise BackendUnavailable(
+                f"AMI at {host}:{port} dropped the connection during login", detail=str(exc)
+            ) from exc
         except BaseException:
             await conn.close()
             raise
@@ -153,7 +162,7 @@ class AmiConnection:
                             )
                         return
                     if frame.event:
-                        self._on_event(frame)
+                        self._deliver(frame)
 
     # ---- running -------------------------------------------------------------------------
     @property
@@ -182,31 +191,37 @@ class AmiConnection:
     def _dispatch(self, frame: object) -> None:
         if isinstance(frame, FramingError):
             self.framing_errors += 1
-            log.warning("AMI framing error skipped: %s %s", frame.reason, frame.sample)
+            # No sample: a malformed block may hold a secret or DTMF digits.
+            log.warning("AMI framing error skipped: %s", frame.reason)
             return
         if not isinstance(frame, AmiMessage):
             return
         action_id = frame.action_id or ""
+        if frame.event:
+            # Events first: OriginateResponse is an event that carries a `Response:` field.
+            collector = self._lists.get(action_id)
+            if collector is not None:
+                # Items carry our ActionID; the closing `...Complete` event says
+                # `EventList: Complete`.
+                if (frame.get("EventList") or "").lower() == "complete":
+                    self._lists.pop(action_id, None)
+                    if collector.done is not None and not collector.done.done():
+                        collector.done.set_result(collector.items)
+                else:
+                    collector.items.append(frame)
+                return
+            self._deliver(frame)
+            return
         if frame.response is not None:
             future = self._pending.pop(action_id, None)
             if future is not None and not future.done():
                 future.set_result(frame)
-            return
-        collector = self._lists.get(action_id)
-        if collector is not None and frame.event:
-            # Items carry our ActionID; the closing `...Complete` event says `EventList: Complete`.
-            if (frame.get("EventList") or "").lower() == "complete":
-                self._lists.pop(action_id, None)
-                if collector.done is not None and not collector.done.done():
-                    collector.done.set_result(collector.items)
-            else:
-                collector.items.append(frame)
-            return
-        if frame.event:
-            try:
-                self._on_event(frame)
-            except Exception:  # one bad event must not stop the reader
-                log.exception("AMI event handler failed on %s", frame.event)
+
+    def _deliver(self, event: AmiMessage) -> None:
+        try:
+            self._on_event(event)
+        except Exception:  # one bad event must not stop the reader (or the login)
+            log.exception("AMI event handler failed on %s", event.event)
 
     def _fail_pending(self) -> None:
         for future in self._pending.values():
@@ -230,7 +245,11 @@ class AmiConnection:
     def _send(self, action: str, fields: Iterable[tuple[str, str]], action_id: str) -> None:
         if self._closed:
             raise BackendUnavailable(f"AMI link is down; {action} not sent")
-        self._writer.write(serialize([("Action", action), ("ActionID", action_id), *fields]))
+        try:
+            data = serialize([("Action", action), ("ActionID", action_id), *fields])
+        except ValueError as exc:  # a CR/LF in a value: refused, never sent
+            raise TelephonyError(f"AMI {action} not sent", detail=str(exc)) from exc
+        self._writer.write(data)
 
     async def action(
         self,
@@ -243,7 +262,9 @@ class AmiConnection:
         """Send one action and return its `Response: Success` reply.
 
         Raises `ActionFailed` on `Response: Error`, `BackendUnavailable` if the link was down
-        (nothing sent), `ReplyLost` if it dropped after sending, `TelephonyError` on timeout.
+        or a value was refused (nothing sent), `ReplyLost` if it dropped after sending,
+        `ReplyTimeout` if no reply came. The action is written before the first await, so a
+        cancellation of this coroutine always means "sent, reply unknown".
         """
         action_id = action_id or self.next_action_id()
         future: asyncio.Future[AmiMessage] = asyncio.get_running_loop().create_future()
@@ -252,8 +273,9 @@ class AmiConnection:
         try:
             reply = await asyncio.wait_for(future, timeout)
         except TimeoutError as exc:
+            raise ReplyTimeout(f"AMI {action} got no reply in {timeout:g} s") from exc
+        finally:
             self._pending.pop(action_id, None)
-            raise TelephonyError(f"AMI {action} got no reply in {timeout:g} s") from exc
         if reply.response == "Error":
             raise ActionFailed(f"AMI {action} failed", detail=reply.get("Message") or "")
         return reply
@@ -280,3 +302,10 @@ class AmiConnection:
             raise TelephonyError(f"AMI {action} list did not complete in {timeout:g} s") from exc
         finally:
             self._lists.pop(action_id, None)
+            # The link may have failed the collector too: retrieve it so asyncio does not
+            # report an exception that was never looked at.
+            if collector.done is not None:
+                if collector.done.done() and not collector.done.cancelled():
+                    collector.done.exception()
+                else:
+                    collector.done.cancel()

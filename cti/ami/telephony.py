@@ -28,12 +28,14 @@ dialed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Self
 
-from cti.ami.client import ActionFailed, AmiConnection, AmiCredentials, ReplyLost
+from cti.ami.client import ActionFailed, AmiConnection, AmiCredentials, ReplyLost, ReplyTimeout
 from cti.ami.framing import AmiMessage
 from cti.ami.tracker import ChannelTracker
 from cti.events import CallEvent, CallEventKind
@@ -46,6 +48,14 @@ from cti.interface import (
 )
 
 log = logging.getLogger(__name__)
+
+#: How long after its ring time an originate may go without any channel before it is ended.
+ORIGINATE_MARGIN_S = 60.0
+
+#: `OriginateRequest.call_id` and variable names: both end up in places where anything else
+#: would be misread (a ChannelId, a `Variable: KEY=value` header that Asterisk splits on commas).
+_CALL_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _NO_CHANNEL_MESSAGES = ("no such channel", "channel not found", "does not exist")
 
@@ -92,7 +102,6 @@ class AmiTelephony:
         self._synced = False
         self._closing = False
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
-        self._tg: asyncio.TaskGroup | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._held: dict[str, str] = {}
         self.reconnects = 0
@@ -103,11 +112,19 @@ class AmiTelephony:
     # ---- lifecycle ---------------------------------------------------------------------
     async def __aenter__(self) -> Self:
         conn = await self._open()  # AuthenticationFailed / BackendUnavailable reach the caller
-        self._tg = asyncio.TaskGroup()
-        await self._tg.__aenter__()
         ready = asyncio.Event()
-        self._supervisor = self._tg.create_task(self._supervise(conn, ready), name="ami-supervisor")
-        await ready.wait()
+        # The supervisor belongs to this object, not to the caller's task: a TaskGroup entered
+        # here would cancel the caller's own task if the supervisor ever failed. Its shutdown
+        # path is __aexit__; `_supervisor_done` reports a crash on the event stream.
+        self._supervisor = asyncio.create_task(self._supervise(conn, ready), name="ami-supervisor")
+        self._supervisor.add_done_callback(self._supervisor_done)
+        ready_wait = asyncio.ensure_future(ready.wait())
+        done, _ = await asyncio.wait(
+            [self._supervisor, ready_wait], return_when=asyncio.FIRST_COMPLETED
+        )
+        ready_wait.cancel()
+        if self._supervisor in done and self.fatal is None:
+            self.fatal = BackendUnavailable("AMI supervisor stopped during start")
         if self.fatal is not None:
             await self.__aexit__(None, None, None)
             raise self.fatal
@@ -124,9 +141,19 @@ class AmiTelephony:
             await self._conn.close()
         if self._supervisor is not None:
             self._supervisor.cancel()
-        if self._tg is not None:
-            await self._tg.__aexit__(None, None, None)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._supervisor
         self._queue.put_nowait(None)
+
+    def _supervisor_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._closing:
+            return
+        exc = task.exception()
+        if exc is not None:
+            log.error("AMI supervisor crashed", exc_info=exc)
+            self.fatal = BackendUnavailable("AMI supervisor crashed", detail=repr(exc))
+            self._synced = False
+            self._emit(CallEventKind.BACKEND_DOWN, f"fatal: {self.fatal}")
 
     @property
     def connected(self) -> bool:
@@ -167,7 +194,12 @@ class AmiTelephony:
     async def _supervise(self, conn: AmiConnection, ready: asyncio.Event) -> None:
         while not self._closing:
             self._conn = conn
-            await self._session(conn, ready)
+            try:
+                await self._session(conn, ready)
+            except Exception:
+                # A bug in event handling must cost one connection, not the whole bridge.
+                log.exception("AMI session failed; reconnecting")
+                await conn.close()
             self._synced = False
             if self._closing or self.fatal is not None:
                 return
@@ -190,7 +222,7 @@ class AmiTelephony:
                 log.error("AMI login refused on reconnect: %s", exc)
                 self._emit(CallEventKind.BACKEND_DOWN, f"fatal: {exc}")
                 return None
-            except BackendUnavailable as exc:
+            except (BackendUnavailable, OSError) as exc:
                 log.info("AMI reconnect failed (%s); next try in %.1f s", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._backoff_max)
@@ -199,6 +231,7 @@ class AmiTelephony:
     async def _session(self, conn: AmiConnection, ready: asyncio.Event) -> None:
         async with asyncio.TaskGroup() as tg:
             reader = tg.create_task(conn.run(), name="ami-reader")
+            watchdog = tg.create_task(self._watchdog(), name="ami-watchdog")
             try:
                 self.tracker.begin_resync()
                 items = await conn.list_action("CoreShowChannels", timeout=self._action_timeout)
@@ -219,6 +252,15 @@ class AmiTelephony:
             finally:
                 ready.set()
             await reader
+            watchdog.cancel()
+
+    async def _watchdog(self) -> None:
+        """End originates whose channel never appeared (the PBX lost or never ran them)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(1.0)
+            for event in self.tracker.expire(loop.time()):
+                self._queue.put_nowait(event)
 
     def _require_link(self) -> AmiConnection:
         conn = self._conn
@@ -265,13 +307,37 @@ class AmiTelephony:
         return True
 
     # ---- commands ----------------------------------------------------------------------
+    @staticmethod
+    def _dial_string(endpoint: str) -> str:
+        """A Local endpoint gets the `n` option. Without it Asterisk optimizes the Local pair
+        out of the path once both sides are bridged: the `;1`/`;2` halves hang up while the
+        customer talks on, and the call would look ended."""
+        if not endpoint.startswith("Local/"):
+            return endpoint
+        target, slash, options = endpoint.partition("/")[2].partition("/")
+        if slash and "n" in options:
+            return endpoint
+        return f"Local/{target}/{options}n"
+
+    @staticmethod
+    def _validate(request: OriginateRequest) -> None:
+        if not _CALL_ID.fullmatch(request.call_id):
+            raise ValueError(f"call_id {request.call_id!r}: 1-64 characters of [A-Za-z0-9._-]")
+        for key, value in request.variables.items():
+            if not _VAR_NAME.fullmatch(key):
+                raise ValueError(f"channel variable name {key!r}: letters, digits and _ only")
+            if "," in value or '"' in value:
+                # Asterisk splits `Variable:` on commas: "x,PACELINE_AMD=0" would set two.
+                raise ValueError(f'channel variable {key}: value must not contain , or "')
+
     async def originate(self, request: OriginateRequest) -> None:
+        self._validate(request)
         conn = self._require_link()
         if request.call_id in self.tracker.live_calls():
             raise TelephonyError(f"call id {request.call_id!r} is already in progress")
         action_id = conn.next_action_id()
         fields: list[tuple[str, str]] = [
-            ("Channel", request.endpoint),
+            ("Channel", self._dial_string(request.endpoint)),
             ("Context", request.context or self._ctx_outbound),
             ("Exten", request.extension),
             ("Priority", "1"),
@@ -289,18 +355,27 @@ class AmiTelephony:
             ("ChannelId", request.call_id),
             ("OtherChannelId", f"{request.call_id};2"),
         ]
+        # The channel must appear within the ring time plus a margin, or the call is over.
+        deadline = asyncio.get_running_loop().time() + request.ring_timeout_s + ORIGINATE_MARGIN_S
         self.tracker.expect_originate(
-            request.call_id, action_id, channel_id=request.call_id, dial_string=request.endpoint
+            request.call_id,
+            action_id,
+            channel_id=request.call_id,
+            dial_string=request.endpoint,
+            deadline=deadline,
         )
         try:
             await conn.action(
                 "Originate", fields, action_id=action_id, timeout=self._action_timeout
             )
-        except ReplyLost:
-            # Written, reply lost: the PBX may be dialing. The resync after the reconnect
-            # finds the channel or ends the call; either way it gets its one HANGUP.
-            log.warning("AMI link dropped before the Originate reply for %s", request.call_id)
-        except BaseException:
+        except (ReplyLost, ReplyTimeout) as exc:
+            # Written, reply lost or late: the PBX may be dialing. The channel's events, the
+            # resync after a reconnect or the watchdog end the call; it gets its one HANGUP.
+            log.warning("Originate %s sent, reply unknown: %s", request.call_id, exc)
+        except asyncio.CancelledError:
+            raise  # the action was written before the first await: the call stays followed
+        except (ActionFailed, BackendUnavailable, TelephonyError):
+            # Refused by Asterisk, or never written: nothing was dialed.
             self.tracker.originate_refused(request.call_id)
             raise
 
@@ -351,10 +426,16 @@ class AmiTelephony:
         )
 
         def consulting() -> bool:
-            peers = self.tracker.bridge_peers(agent)
-            return any(p != self.tracker.channel_of(call_id) for p in peers)
+            # The target answered and is in the agent's consult bridge. Bridge membership
+            # alone is not enough: the consult leg may enter the bridge while it rings.
+            root = self.tracker.channel_of(call_id)
+            peers = self.tracker.bridge_peers(agent, answered_only=True)
+            return any(p != root for p in peers)
 
         if not await self._wait_until(consulting, self._transfer_timeout):
+            # Give the customer back to the agent rather than leave them on hold.
+            with contextlib.suppress(TelephonyError):
+                await self._act("CancelAtxfer", ("Channel", agent))
             raise TelephonyError(f"attended transfer of {call_id!r}: {target} did not answer")
         # The agent leaving completes the transfer: Asterisk joins the customer and the target.
         await self._act("Hangup", ("Channel", agent), ("Cause", "16"))

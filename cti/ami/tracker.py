@@ -75,6 +75,7 @@ class _Call:
     in_queue: bool = False
     ended: bool = False
     inbound: bool = False
+    deadline: float | None = None
     legs: set[str] = field(default_factory=set)
 
 
@@ -85,6 +86,7 @@ class _Channel:
     call: _Call
     role: str  # "root", "far" (the root's ;2 half) or "leg"
     bridge: str = ""
+    state: int = 0
 
 
 def _int(value: str | None, default: int = 0) -> int:
@@ -129,6 +131,7 @@ class ChannelTracker:
         # Calls that showed signs of life since `begin_resync()`: a listing taken while events
         # keep arriving may predate them, so they are never judged gone by that listing.
         self._touched: set[str] = set()
+        self._known_at_resync: set[str] = set()
         self._handlers: dict[str, Callable[[Mapping[str, str]], list[CallEvent]]] = {
             "newchannel": self._newchannel,
             "newstate": self._newstate,
@@ -151,10 +154,21 @@ class ChannelTracker:
 
     # ---- what the backend tells us -------------------------------------------------------
     def expect_originate(
-        self, call_id: str, action_id: str, *, channel_id: str = "", dial_string: str = ""
+        self,
+        call_id: str,
+        action_id: str,
+        *,
+        channel_id: str = "",
+        dial_string: str = "",
+        deadline: float | None = None,
     ) -> None:
-        """Announce one of our own originates before it is sent."""
+        """Announce one of our own originates before it is sent.
+
+        `deadline` (the caller's clock): if no channel of the call has appeared by then,
+        `expire()` ends it.
+        """
         call = _Call(call_id=call_id, action_id=action_id, dial_string=dial_string)
+        call.deadline = deadline
         self._calls[call_id] = call
         self._touched.add(call_id)
         self._by_action[action_id] = call
@@ -187,14 +201,24 @@ class ChannelTracker:
             return None
         return call.peer
 
-    def bridge_peers(self, channel: str) -> list[str]:
-        """The other channels in the bridge `channel` (a name) is in; [] when not bridged."""
+    def bridge_peers(self, channel: str, *, answered_only: bool = False) -> list[str]:
+        """The other channels in the bridge `channel` (a name) is in; [] when not bridged.
+
+        `answered_only` keeps the peers that are Up: a consult leg may enter the bridge
+        while it still rings (capture 13c shows BridgeEnter at state 0).
+        """
         uid = self._by_name.get(channel)
         chan = self._by_uid.get(uid) if uid else None
         if chan is None or not chan.bridge:
             return []
         members = self._bridges.get(chan.bridge, set())
-        return [self._by_uid[m].name for m in sorted(members) if m != uid and m in self._by_uid]
+        return [
+            self._by_uid[m].name
+            for m in sorted(members)
+            if m != uid
+            and m in self._by_uid
+            and (not answered_only or self._by_uid[m].state == STATE_UP)
+        ]
 
     def is_answered(self, call_id: str) -> bool:
         call = self._calls.get(call_id)
@@ -218,12 +242,28 @@ class ChannelTracker:
         chan = self._by_uid.get(event.get("Uniqueid", ""))
         if chan is not None:
             self._touched.add(chan.call.call_id)
+            if "ChannelState" in event:
+                chan.state = _int(event.get("ChannelState"), chan.state)
         self._touched.update(ev.call_id for ev in out)
         return out
 
     def begin_resync(self) -> None:
         """Mark the moment a `CoreShowChannels` is sent; see `resync`."""
         self._touched.clear()
+        self._known_at_resync = set(self._by_uid)
+
+    def expire(self, now: float) -> list[CallEvent]:
+        """End the originates whose channel never appeared by their deadline (`dangling`)."""
+        out: list[CallEvent] = []
+        for call in list(self._calls.values()):
+            if (
+                not call.ended
+                and not call.root_seen
+                and call.deadline is not None
+                and call.deadline < now
+            ):
+                out += self._end(call, lost=True, detail="no channel appeared for the originate")
+        return out
 
     def resync(self, channels: Iterable[Mapping[str, str]]) -> list[CallEvent]:
         """Reconcile with a `CoreShowChannels` listing taken after a reconnect.
@@ -240,25 +280,41 @@ class ChannelTracker:
             if uid:
                 listed[uid] = listed_item
         out: list[CallEvent] = []
+        known = self._known_at_resync
         for call in list(self._calls.values()):
-            if call.ended or call.call_id in self._touched:
-                continue
-            item: Mapping[str, str] | None = listed.get(call.root_uid) if call.root_uid else None
-            if item is None:
-                out += self._end(call, lost=True)
+            if call.ended:
                 continue
             if not call.root_seen:
-                self._adopt_root(call, call.root_uid, item.get("Channel", ""))
-                out.append(self._ev(CallEventKind.DIALING, call))
-            if _int(item.get("ChannelState")) == STATE_UP and not call.answered:
+                item = listed.get(call.root_uid) if call.root_uid else None
+                if item is not None:
+                    self._adopt_root(call, call.root_uid, item.get("Channel", ""))
+                    out.append(self._ev(CallEventKind.DIALING, call))
+                elif call.call_id not in self._touched:
+                    out += self._end(call, lost=True)
+                    continue
+                else:
+                    continue
+            # A channel we knew before the listing was asked for and that is not in it is
+            # gone, whatever arrived meanwhile; one that appeared since may simply be newer.
+            if call.root_uid not in listed and call.root_uid in known:
+                call.root_gone = True
+            if call.far_uid and call.far_uid not in listed and call.far_uid in known:
+                call.far_gone = True
+            if call.root_gone and (not call.far_uid or call.far_gone):
+                out += self._end(call, lost=True)
+                continue
+            item = listed.get(call.root_uid)
+            if (
+                item is not None
+                and _int(item.get("ChannelState")) == STATE_UP
+                and not call.answered
+            ):
                 call.answered = True
                 out.append(self._ev(CallEventKind.ANSWERED, call))
-        # Channels we knew that are gone (legs of live calls) are forgotten too.
-        for uid in [u for u in self._by_uid if u not in listed]:
-            chan = self._by_uid[uid]
-            if chan.call.ended or chan.call.call_id not in self._touched:
-                self._forget_channel(uid)
+        for uid in [u for u in self._by_uid if u not in listed and u in known]:
+            self._forget_channel(uid)
         self._touched.clear()
+        self._known_at_resync = set()
         return out
 
     # ---- helpers ---------------------------------------------------------------------------
@@ -298,7 +354,7 @@ class ChannelTracker:
             return None
         return chan
 
-    def _end(self, call: _Call, *, lost: bool = False) -> list[CallEvent]:
+    def _end(self, call: _Call, *, lost: bool = False, detail: str = "") -> list[CallEvent]:
         out: list[CallEvent] = []
         if call.amd and not call.amd_sent:
             out.append(self._amd_event(call))
@@ -318,7 +374,8 @@ class ChannelTracker:
         else:
             outcome = outcome_for_call(answered=call.answered, cause=cause, amd=call.amd)
         extra = {"cause_txt": call.cause_txt} if call.cause_txt else {}
-        detail = "ended while the AMI link was down" if lost else ""
+        if lost and not detail:
+            detail = "ended while the AMI link was down"
         out.append(
             self._ev(
                 CallEventKind.HANGUP, call, cause=cause, outcome=outcome, detail=detail, extra=extra
@@ -411,10 +468,13 @@ class ChannelTracker:
 
     def _newstate(self, e: Mapping[str, str]) -> list[CallEvent]:
         chan = self._channel(e)
-        if chan is None or chan.role != "root":
+        if chan is None:
+            return []
+        state = _int(e["ChannelState"])
+        chan.state = state
+        if chan.role != "root":
             return []
         call = chan.call
-        state = _int(e["ChannelState"])
         if state == STATE_RINGING and not call.ringing and not call.answered:
             call.ringing = True
             return [self._ev(CallEventKind.RINGING, call)]

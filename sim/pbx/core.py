@@ -522,7 +522,7 @@ class Pbx:
         suffix = f"{self._chan_seq:08x}"
         if tech == "Local":
             exten, _, context = rest.partition("@")
-            context = context or "default"
+            context = context.partition("/")[0] or "default"  # `/n` etc. are options
             if context != CUSTOMER_CONTEXT and find_steps(context, exten) is None:
                 return None
             base = f"Local/{exten}@{context}-{suffix}"
@@ -567,6 +567,7 @@ class Pbx:
         self.dial_event("DialBegin", caller, leg, ("DialString", rest))
         if tech == "Local" and far is not leg:
             exten, _, context = rest.partition("@")
+            context = context.partition("/")[0]
             if context == CUSTOMER_CONTEXT:
                 assert behaviour is not None
                 far.callee = behaviour
@@ -1043,7 +1044,8 @@ class Pbx:
         Originate (`sync_reply` given) gets `sync_reply(answered)` instead of the event."""
         tech, _, rest = dial_string.partition("/")
         number = rest.partition("@")[0]
-        customer = (tech == "Local" and rest.partition("@")[2] == CUSTOMER_CONTEXT) or (
+        local_context = rest.partition("@")[2].partition("/")[0]  # `/n` etc. are options
+        customer = (tech == "Local" and local_context == CUSTOMER_CONTEXT) or (
             tech == "PJSIP" and "@" in rest
         )
         behaviour = self._population.draw(number, self._rng) if customer else None
