@@ -64,7 +64,6 @@ class _Call:
     far_cause: int = 0
     cause_txt: str = ""
     reason_cause: int | None = None
-    response_failed: bool = False
     ringing: bool = False
     answered: bool = False
     amd: str | None = None
@@ -74,7 +73,6 @@ class _Call:
     held: bool = False
     in_queue: bool = False
     ended: bool = False
-    inbound: bool = False
     deadline: float | None = None
     legs: set[str] = field(default_factory=set)
 
@@ -220,11 +218,6 @@ class ChannelTracker:
             and (not answered_only or self._by_uid[m].state == STATE_UP)
         ]
 
-    def is_answered(self, call_id: str) -> bool:
-        call = self._calls.get(call_id)
-        return bool(call and call.answered and not call.ended)
-
-    # ---- the event stream ----------------------------------------------------------------
     def feed(self, event: Mapping[str, str]) -> list[CallEvent]:
         """Take one AMI event (a parsed message with an `Event` key); return its call events."""
         name = event.get("Event")
@@ -448,7 +441,7 @@ class ChannelTracker:
                 return [self._ev(CallEventKind.DIALING, pending)]
         local = _local_base(name) is not None
         if not local and _int(e.get("ChannelState")) == STATE_RING:
-            call = _Call(call_id=uid, inbound=True)
+            call = _Call(call_id=uid)
             self._calls[uid] = call
             self._adopt_root(call, uid, name)
             return [
@@ -471,7 +464,6 @@ class ChannelTracker:
         if chan is None:
             return []
         state = _int(e["ChannelState"])
-        chan.state = state
         if chan.role != "root":
             return []
         call = chan.call
@@ -688,7 +680,6 @@ class ChannelTracker:
                 call.root_uid = uid
                 self._by_channel_id[uid] = call
             return []
-        call.response_failed = True
         call.reason_cause = CAUSE_BY_REASON.get(reason)
         if not call.root_seen or (call.root_gone and (not call.far_uid or call.far_gone)):
             # No channel ever appeared (or all are gone): the response is the whole story.
