@@ -80,6 +80,7 @@ def announced(*channel_ids: str) -> AriTracker:
     tracker = AriTracker()
     for channel_id in channel_ids:
         tracker.expect(channel_id)
+        tracker.confirm(channel_id, 1)
         assert [e.kind for e in tracker.mark_dialing(channel_id)] == [CallEventKind.DIALING]
     return tracker
 
@@ -428,7 +429,7 @@ def test_soft_hangup_request_cause_is_a_flag_not_a_cause() -> None:
 def test_reconcile_reports_vanished_calls_once_and_late_answers() -> None:
     tracker = announced("gone", "live", "answered")
     tracker.feed({"type": "ChannelStateChange", "channel": {"id": "answered", "state": "Up"}})
-    out = tracker.reconcile([{"id": "live", "state": "Up"}])
+    out = tracker.reconcile([{"id": "live", "state": "Up"}], confirmed_by=1)
     assert sorted((e.call_id, e.kind) for e in out) == [
         ("answered", CallEventKind.HANGUP),
         ("gone", CallEventKind.HANGUP),

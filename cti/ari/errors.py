@@ -14,6 +14,7 @@ import json
 import re
 
 from cti.interface import AuthenticationFailed, TelephonyError, UnknownCall
+from cti.redact import redact
 
 #: Longest piece of a non-JSON body kept in an error message (HTML pages are short anyway).
 MAX_DETAIL_CHARS = 200
@@ -124,4 +125,4 @@ def error_for_response(status: int, body: bytes, *, method: str = "", path: str 
     message = f"ARI {where} answered HTTP {status}" if where else f"ARI answered HTTP {status}"
     if cls is AriAuthenticationFailed:
         message += " (check the ARI username/password in ari.conf)"
-    return cls(message, detail=ari_message(body), status=status)
+    return cls(message, detail=redact(ari_message(body)), status=status)

@@ -3,8 +3,14 @@
 Paths and parameter names are exactly those of the Asterisk 20 swagger
 (`tests/fixtures/asterisk/ari-api-docs/`). Every method returns the decoded JSON (or None for
 204) and raises an `cti.ari.errors.AriError` subclass for an error response (ARI's `message`
-in `detail`), or `BackendUnavailable` when Asterisk cannot be reached. The client owns no
-session: the caller passes one configured with Basic auth (or passes `api_key`).
+in `detail`) or for a success whose body is not JSON, and `BackendUnavailable` for any
+transport failure (refused, reset, timed out, a truncated body). Nothing else escapes, so a
+caller's `except TelephonyError` is complete. The client owns no session: the caller passes one
+configured with Basic auth (or passes `api_key`).
+
+Secrets stay out of URLs where ARI allows it: DTMF digits (a card number, in an IVR) go in the
+JSON body, which ARI reads like the query (every generated handler parses both). Error texts
+built from aiohttp's exceptions, which quote the URL, go through `cti.redact.redact`.
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ import aiohttp
 from yarl import URL
 
 from cti.ari.codes import hangup_params
-from cti.ari.errors import error_for_response
+from cti.ari.errors import ServerError, error_for_response
 from cti.interface import BackendUnavailable
+from cti.redact import describe_exception
 
 JsonObject = dict[str, Any]
 
@@ -73,16 +80,26 @@ class AriRestClient:
                 method, url, params=query, data=data, headers=headers
             ) as resp:
                 raw = await resp.read()
-                if resp.status >= 400:
-                    raise error_for_response(resp.status, raw, method=method, path=path)
-                if not raw:
-                    return None
-                return json.loads(raw)
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                status = resp.status
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            # `from None`: the original exception quotes the URL (api_key, digits) and would
+            # come back in any traceback that logs this one.
             raise BackendUnavailable(
-                f"ARI at {self.base_url} is unreachable ({method} {path})",
-                detail=f"{type(exc).__name__}: {exc}",
-            ) from exc
+                f"ARI at {self.base_url} failed ({method} {path})",
+                detail=describe_exception(exc),
+            ) from None
+        if status >= 400:
+            raise error_for_response(status, raw, method=method, path=path)
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ServerError(
+                f"ARI {method} {path} answered HTTP {status} with a body that is not JSON",
+                detail=f"{len(raw)} bytes",
+                status=status,
+            ) from None
 
     # ----- asterisk / applications / endpoints --------------------------------------------
     async def ping(self) -> JsonObject:
@@ -198,8 +215,10 @@ class AriRestClient:
         between_ms: int | None = None,
         duration_ms: int | None = None,
     ) -> None:
-        params = {"dtmf": dtmf, "between": between_ms, "duration": duration_ms}
-        await self.request("POST", f"/channels/{channel_id}/dtmf", params=params)
+        params = {"between": between_ms, "duration": duration_ms}
+        await self.request(
+            "POST", f"/channels/{channel_id}/dtmf", params=params, body={"dtmf": dtmf}
+        )
 
     async def get_variable(self, channel_id: str, variable: str) -> str:
         result = await self.request(

@@ -2,18 +2,25 @@
 
 Ownership: `async with AriTelephony(...)` opens one aiohttp session and the event WebSocket,
 and starts a TaskGroup that owns the WebSocket reader and the short follow-up tasks (adding an
-answered agent to its bridge, hanging up after a playback). Leaving the block cancels them,
-closes the socket and the session, and ends `events()`.
+answered agent to its bridge, hanging up after a playback, checks after a resync). Leaving the
+block cancels them, closes the socket and the session, and ends `events()`.
 
 How each command maps onto ARI (paths as in the Asterisk 20 swagger):
 - originate: `POST /channels` with `channelId = request.call_id` and `app`, so the customer
   leg enters our Stasis app on answer and a replayed POST answers 409 instead of dialing twice
-  (a 409 "already exists" is therefore taken as success). With `amd=True` the answered call is
-  sent on with `POST /channels/{id}/continue` into `amd_context` (the reference `dialer-amd`:
-  AMD(), then Stasis(app, human, <exten>) for a person, Hangup(16) for a machine); the channel
+  (a 409 "already exists" is therefore taken as success). The variables `PACELINE_APP` and
+  `PACELINE_CALL_ID` are set on the channel. With `amd=True` the answered call is sent on with
+  `POST /channels/{id}/continue` into `amd_context` (`paceline-amd` in
+  `docker/asterisk/extensions_paceline.conf`: AMD(), then Stasis(${PACELINE_APP}, amd,
+  ${AMDSTATUS}) for every verdict, so the dialer decides what a machine gets); the channel
   stays subscribed, so AMDSTATUS/AMDCAUSE and the hang-up still arrive.
+  A POST that fails without an answer (timeout, reset) may still have been carried out: the
+  channel is looked up, and if it is not there its id is disowned, so a channel that shows up
+  later is hung up instead of being mistaken for an inbound call.
 - connect_to_agent: a mixing bridge `<call_id>.bridge` with the customer in it, then the agent
-  endpoint originated into the app as `<call_id>.agent<n>`; on its StasisStart it is added.
+  endpoint originated into the app as `<call_id>.agent<n>`; on its StasisStart it is added. An
+  agent who answers after the customer is gone is hung up. A retry after a partial failure
+  reuses the bridge (409 on create) and adds the customer only if it is not in it yet.
 - play_and_hangup: `POST /channels/{id}/play`, then `DELETE` on its PlaybackFinished (also
   when the playback `failed`, e.g. a missing sound).
 - hangup: `DELETE /channels/{id}?reason=<name>` (`cti.ari.codes`), `reason_code` otherwise.
@@ -22,19 +29,35 @@ How each command maps onto ARI (paths as in the Asterisk 20 swagger):
   or an endpoint such as `PJSIP/1002`) is originated into the app and joins the call's bridge,
   so the customer never leaves Stasis (after a `continue` or `redirect` we would see no more
   of the call). ARI has no transfer event: TRANSFERRED is reported once the target is dialled.
-- attended_transfer: the customer leaves the bridge and gets music on hold; the target is
-  originated into the app and, once it answers, joins the agent's bridge; then the customer's
-  music stops, the agent is hung up and the customer joins the target. If the consult leg is
-  never answered the customer goes back to the agent.
+- attended_transfer: as on AMI, it returns once the transfer is complete and raises
+  `TelephonyError` when it is not (the target did not answer within `transfer_timeout_s`, or a
+  step was refused); in every failure the consult leg is hung up and the customer is taken off
+  hold and put back with the agent. Steps: the customer leaves the bridge and gets music on
+  hold; the target is originated into the app; once it answers it joins the agent's bridge,
+  the customer's music stops and the customer joins too; only then are the agent legs hung up
+  (so no failure can leave the customer alone on hold).
 - hold/unhold: `POST`/`DELETE /channels/{id}/moh` (a Local channel sends no ChannelHold), and
   HELD/UNHELD are reported once ARI answered 204.
-- send_dtmf: `POST /channels/{id}/dtmf`. Digits are never logged (a card number), only counts.
+- send_dtmf: `POST /channels/{id}/dtmf` with the digits in the JSON body, never in the URL.
+  Digits are never logged (a card number), only counts.
+- inbound calls: a channel that enters our app without being ours is INBOUND; the app then
+  subscribes to `channel:<id>` so its end is still seen after it leaves Stasis.
 
 Link loss: `connected` turns False and BACKEND_DOWN is emitted; the WebSocket is reopened with
-exponential backoff; then `GET /channels` resynchronizes the tracker (a call that vanished is
-reported as hung up) and BACKEND_UP is emitted. `ApplicationReplaced` (another client took the
-app) and a 401 on reconnect are final: BACKEND_DOWN with the reason, no reconnect loop, and
-`originate` raises `BackendUnavailable` naming the cause.
+exponential backoff; then `GET /channels` resynchronizes: a leg that vanished is ended (a
+customer's HANGUP, an agent's UNBRIDGED, a consult's failed transfer), a leg whose StasisStart
+was lost is handled as if it had come (the agent is bridged, AMD is started), AMD verdicts are
+read back from the channel variables, pending playbacks are looked up (`GET /playbacks/{id}`),
+and bridges are re-read (`GET /bridges/{id}`); then BACKEND_UP is emitted. Only legs whose
+originate ARI had confirmed before the snapshot was asked for are judged by it; the others are
+looked up one by one (`GET /channels/{id}`) once their POST has answered. Any failure of the
+event stream (not only a connection error) leads to a reconnect: the reader never dies while
+the backend is open. `ApplicationReplaced` (another client took the app) and a 401 on
+reconnect are final: BACKEND_DOWN with the reason, no reconnect loop, and `originate` raises
+`BackendUnavailable` naming the cause.
+
+No secret reaches a log line or an exception text: errors from aiohttp pass through
+`cti.redact` (they quote URLs).
 """
 
 from __future__ import annotations
@@ -45,8 +68,8 @@ import contextlib
 import logging
 import random
 import re
-from collections.abc import AsyncIterator, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
@@ -64,6 +87,7 @@ from cti.interface import (
     TelephonyError,
     UnknownCall,
 )
+from cti.redact import describe_exception
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +95,14 @@ log = logging.getLogger(__name__)
 #: above the decoder's own `ws.MAX_FRAME_BYTES` are received but skipped.
 MAX_WS_MESSAGE_BYTES = 8 << 20
 
+#: How many disowned originate ids are remembered (see `AriTelephony._disown`).
+MAX_DISOWNED = 10_000
+
 CALL_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 DTMF_RE = re.compile(r"^[0-9A-Da-d*#]+$")
+
+#: Playback states after which no PlaybackFinished will come (swagger `Playback.state`).
+PLAYBACK_ENDED = frozenset({"done", "failed"})
 
 
 class ApplicationReplaced(TelephonyError):
@@ -81,16 +111,19 @@ class ApplicationReplaced(TelephonyError):
 
 @dataclass(slots=True)
 class _Transfer:
+    """An attended transfer waiting for its consult leg: `answered` resolves True when the
+    target answered (its StasisStart), False when the consult leg ended first."""
+
     call_id: str
     target: str
     bridge_id: str
     agent_ids: list[str]
+    answered: asyncio.Future[bool]
+    on_hold: bool = field(default=False)
 
-
-def _number_of(endpoint: str) -> str:
-    """`Local/0100@sim-customers` / `PJSIP/+1555@trunk` -> the number part."""
-    resource = endpoint.split("/", 1)[-1]
-    return resource.split("@", 1)[0].split("/", 1)[0]
+    def settle(self, answered: bool) -> None:
+        if not self.answered.done():
+            self.answered.set_result(answered)
 
 
 class AriTelephony:
@@ -98,9 +131,10 @@ class AriTelephony:
 
     `base_url` is `http://host:8088` (or with `/ari`); `username`/`password` an ari.conf user
     (sent as HTTP Basic auth); `app` the Stasis application name, which must be unique per
-    running dialer. `amd_context` is the dialplan context that runs AMD() and hands a person
-    back to Stasis with `human` as first argument; `transfer_context` the context of bare
-    extension targets of transfers; `moh_class` the music-on-hold class for `hold`.
+    running dialer. `amd_context` is the dialplan context that runs AMD() and hands the call
+    back to Stasis (`paceline-amd`, extension `amd_extension`); `transfer_context` the context
+    of bare extension targets of transfers; `moh_class` the music-on-hold class for `hold`;
+    `transfer_timeout_s` how long an attended transfer waits for its target to answer.
     Reconnects wait `reconnect_initial_s` doubling up to `reconnect_max_s` (with jitter).
 
     Entering raises `AuthenticationFailed` on a bad password and `BackendUnavailable` when
@@ -116,9 +150,11 @@ class AriTelephony:
         password: str,
         app: str = "paceline",
         *,
-        amd_context: str = "dialer-amd",
+        amd_context: str = "paceline-amd",
+        amd_extension: str = "s",
         transfer_context: str = "agents",
         moh_class: str | None = None,
+        transfer_timeout_s: float = 30.0,
         reconnect_initial_s: float = 0.2,
         reconnect_max_s: float = 10.0,
         request_timeout_s: float = 10.0,
@@ -126,8 +162,10 @@ class AriTelephony:
         self.base_url = base_url
         self.app = app
         self.amd_context = amd_context
+        self.amd_extension = amd_extension
         self.transfer_context = transfer_context
         self.moh_class = moh_class
+        self.transfer_timeout_s = transfer_timeout_s
         self.reconnect_initial_s = reconnect_initial_s
         self.reconnect_max_s = reconnect_max_s
         self._username = username
@@ -144,13 +182,18 @@ class AriTelephony:
         self._connected = False
         self._closing = False
         self._fatal: TelephonyError | None = None
-        self._amd_pending: dict[str, str] = {}  # call_id -> extension for the AMD dialplan
+        self._amd_pending: set[str] = set()  # calls to send into AMD when they enter Stasis
         self._amd_started: set[str] = set()  # calls sent into the AMD dialplan
-        self._bridges: dict[str, str] = {}  # call_id -> bridge id
-        self._agent_bridge: dict[str, str] = {}  # agent channel id -> bridge id
+        self._bridges: dict[str, str] = {}  # call_id -> bridge id (the customer is in it)
+        self._agent_bridge: dict[str, str] = {}  # agent channel id -> bridge to add it to
         self._consults: dict[str, _Transfer] = {}  # consult channel id -> transfer
         self._playbacks: dict[str, str] = {}  # playback id -> call_id
         self._seq = 0
+        #: bumped each time ARI confirms a channel we originated (see AriTracker.reconcile)
+        self._confirmed_seq = 0
+        self._posting: set[str] = set()  # channel ids whose POST /channels is in flight
+        self._verify_after_post: set[str] = set()  # ... that a resync could not judge
+        self._disowned: dict[str, None] = {}  # originates given up on; hang up if they show
         self._rng = random.Random()  # backoff jitter only
 
     # ----- lifecycle ---------------------------------------------------------------------
@@ -181,6 +224,8 @@ class AriTelephony:
     ) -> None:
         self._closing = True
         self._connected = False
+        for transfer in self._consults.values():
+            transfer.settle(False)
         for task in list(self._tasks):
             task.cancel()
         if self._tg is not None:
@@ -221,8 +266,8 @@ class AriTelephony:
                 raise
             except TelephonyError as exc:
                 log.warning("ARI %s failed: %s", what, exc)
-            except Exception:
-                log.exception("ARI %s crashed", what)
+            except Exception as exc:  # no traceback: a foreign text may quote a secret
+                log.error("ARI %s crashed: %s", what, describe_exception(exc))
 
         task = self._tg.create_task(guarded())
         self._tasks.add(task)
@@ -230,6 +275,15 @@ class AriTelephony:
 
     def _publish(self, event: CallEvent) -> None:
         self._queue.put_nowait(event)
+
+    def _publish_all(self, events: list[CallEvent]) -> None:
+        """Tracker output: published, with the follow-up each event needs."""
+        for event in events:
+            if event.kind is CallEventKind.HANGUP:
+                self._spawn(f"cleanup of {event.call_id}", self._cleanup_call, event.call_id)
+            elif event.kind is CallEventKind.INBOUND:
+                self._spawn(f"subscription to {event.call_id}", self._follow, event.call_id)
+            self._publish(event)
 
     def _rest_or_raise(self) -> AriRestClient:
         if self._fatal is not None:
@@ -257,14 +311,14 @@ class AriTelephony:
                 raise AriAuthenticationFailed(
                     f"ARI refused the event WebSocket for app {self.app!r} (HTTP 401)",
                     detail="check the ARI username/password in ari.conf",
-                ) from exc
+                ) from None
             raise BackendUnavailable(
                 f"ARI event WebSocket at {url} refused", detail=f"HTTP {exc.status}"
-            ) from exc
+            ) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             raise BackendUnavailable(
-                f"ARI at {self.base_url} is unreachable", detail=f"{type(exc).__name__}: {exc}"
-            ) from exc
+                f"ARI at {self.base_url} is unreachable", detail=describe_exception(exc)
+            ) from None
 
     def _go_down(self, detail: str) -> None:
         if self._connected:
@@ -273,7 +327,11 @@ class AriTelephony:
             self._publish(CallEvent(kind=CallEventKind.BACKEND_DOWN, call_id="", detail=detail))
 
     async def _read_events(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        """Owner of the WebSocket: read, reconnect with backoff, resynchronize; until closed."""
+        """Owner of the WebSocket: read, reconnect with backoff, resynchronize; until closed.
+
+        Whatever breaks the stream (a connection error, a payload error, a bug in a handler
+        that escaped `_pump`) leads to a reconnect: only ApplicationReplaced, a refused login
+        and shutdown end this loop."""
         while True:
             try:
                 await self._pump(ws)
@@ -282,8 +340,8 @@ class AriTelephony:
                 self._go_down(str(exc))
                 await self._close_quietly(ws)
                 return
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                log.info("ARI event WebSocket failed: %s: %s", type(exc).__name__, exc)
+            except Exception as exc:
+                log.warning("ARI event WebSocket failed: %s", describe_exception(exc))
             self._go_down("event WebSocket closed")
             await self._close_quietly(ws)
             reconnected = await self._reconnect()
@@ -305,6 +363,9 @@ class AriTelephony:
             try:
                 ws = await self._open_ws()
                 assert self._rest is not None
+                # The WebSocket is open before the snapshot is asked for, so nothing that
+                # happens after the snapshot is lost; legs confirmed later are not judged.
+                confirmed_by = self._confirmed_seq
                 channels = await self._rest.list_channels()
             except AuthenticationFailed as exc:
                 self._fatal = exc
@@ -315,27 +376,92 @@ class AriTelephony:
                 if ws is not None:
                     await self._close_quietly(ws)
                 return None
-            except TelephonyError as exc:
-                log.info("ARI reconnect or resync failed, retrying: %s", exc)
+            except Exception as exc:  # TelephonyError, or anything a broken server causes
+                log.info("ARI reconnect or resync failed, retrying: %s", describe_exception(exc))
                 if ws is not None:
                     await self._close_quietly(ws)
                 continue
             self._ws = ws
-            for chan in channels:  # answered while we were away: AMD must still be started
-                call_id = str(chan.get("id", ""))
-                dialplan = chan.get("dialplan") or {}
-                if call_id in self._amd_pending and dialplan.get("app_name") == "Stasis":
-                    exten = self._amd_pending.pop(call_id)
-                    self._spawn(f"AMD of {call_id}", self._run_amd, call_id, exten)
-                elif call_id in self._amd_started and not self._tracker.amd_known(call_id):
-                    self._spawn(f"AMD read-back of {call_id}", self._read_back_amd, call_id)
-            for event in self._tracker.reconcile(channels):
-                self._after_tracker_event(event)
-                self._publish(event)
+            self._resync(channels, confirmed_by)
             self._connected = True
             log.info("ARI event link up again; %d channels live", len(channels))
             self._publish(CallEvent(kind=CallEventKind.BACKEND_UP, call_id=""))
             return ws
+
+    def _resync(self, channels: list[dict[str, Any]], confirmed_by: int) -> None:
+        """Catch up with a `GET /channels` snapshot (see the module docstring)."""
+        snapshot = {str(c.get("id", "")): c for c in channels if isinstance(c, Mapping)}
+        unsure = set(self._tracker.unsure_legs(confirmed_by))
+        for channel_id in self._tracker.channel_ids():
+            role = self._tracker.role_of(channel_id)
+            if role is None or channel_id in unsure:
+                continue
+            chan = snapshot.get(channel_id)
+            if chan is None:
+                self._on_leg_destroyed(channel_id, *role)
+            else:
+                self._catch_up(channel_id, chan, *role)
+        self._publish_all(self._tracker.reconcile(channels, confirmed_by=confirmed_by))
+        for channel_id in unsure:
+            if channel_id in self._posting:
+                self._verify_after_post.add(channel_id)
+            else:
+                self._spawn(f"check of {channel_id}", self._verify_leg, channel_id)
+        for playback_id in list(self._playbacks):
+            self._spawn(f"check of playback {playback_id}", self._check_playback, playback_id)
+        for bridge_id in list(self._bridges.values()):
+            self._spawn(f"check of bridge {bridge_id}", self._check_bridge, bridge_id)
+
+    def _catch_up(
+        self, channel_id: str, chan: Mapping[str, Any], call_id: str, role: LegRole
+    ) -> None:
+        """A live leg of ours in a snapshot: do what its lost StasisStart would have done."""
+        dialplan = chan.get("dialplan") or {}
+        in_stasis = isinstance(dialplan, Mapping) and dialplan.get("app_name") == "Stasis"
+        if self._tracker.sync_stasis(channel_id, in_stasis):
+            self._on_stasis_start(channel_id, call_id, role)
+        if (
+            role is LegRole.CUSTOMER
+            and call_id in self._amd_started
+            and not self._tracker.amd_known(call_id)
+        ):
+            self._spawn(f"AMD read-back of {call_id}", self._read_back_amd, call_id)
+
+    async def _verify_leg(self, channel_id: str) -> None:
+        """A leg the resync could not judge: look it up on its own."""
+        assert self._rest is not None
+        role = self._tracker.role_of(channel_id)
+        if role is None:
+            return
+        try:
+            chan = await self._rest.get_channel(channel_id)
+        except NotFound:
+            if self._tracker.role_of(channel_id) is None:
+                return  # its end arrived meanwhile
+            self._on_leg_destroyed(channel_id, *role)
+            self._publish_all(
+                self._tracker.vanished(channel_id, "ended while the ARI event link was down")
+            )
+            return
+        self._catch_up(channel_id, chan, *role)
+        self._publish_all(self._tracker.observe_channel(chan))
+
+    async def _check_playback(self, playback_id: str) -> None:
+        """A playback whose PlaybackFinished may have been lost: hang up if it is over."""
+        assert self._rest is not None
+        try:
+            playback = await self._rest.get_playback(playback_id)
+            ended = playback.get("state") in PLAYBACK_ENDED
+        except NotFound:
+            ended = True
+        call_id = self._playbacks.pop(playback_id, None) if ended else None
+        if call_id is not None:
+            await self._hangup_quietly(call_id)
+
+    async def _check_bridge(self, bridge_id: str) -> None:
+        assert self._rest is not None
+        with contextlib.suppress(NotFound):
+            self._publish_all(self._tracker.note_bridge(await self._rest.get_bridge(bridge_id)))
 
     async def _pump(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for msg in ws:
@@ -344,8 +470,8 @@ class AriTelephony:
                     self._on_frame(msg.data)
                 except ApplicationReplaced:
                     raise
-                except Exception:  # one bad event must not stop the stream
-                    log.exception("ARI event dropped: handling it failed")
+                except Exception as exc:  # one bad event must not stop the stream
+                    log.error("ARI event dropped: handling it failed: %s", describe_exception(exc))
             elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
                 return
 
@@ -359,8 +485,15 @@ class AriTelephony:
                 detail="run one dialer per ARI app name",
             )
         channel_id = event.channel_id
+        if channel_id in self._disowned:
+            # An originate we reported as failed took after all: nobody expects this call.
+            del self._disowned[channel_id]
+            log.warning("hanging up %s: its originate had been given up", channel_id)
+            self._spawn(f"hangup of disowned {channel_id}", self._hangup_quietly, channel_id)
+            return
         role = self._tracker.role_of(channel_id) if channel_id else None
         if event.type == "StasisStart" and role is not None:
+            self._tracker.sync_stasis(channel_id, True)
             self._on_stasis_start(channel_id, *role)
         elif event.type == "PlaybackFinished":
             playback = event.data.get("playback") or {}
@@ -369,35 +502,34 @@ class AriTelephony:
                 self._spawn(f"hangup after playback of {call_id}", self._hangup_quietly, call_id)
         elif event.type == "ChannelDestroyed" and role is not None:
             self._on_leg_destroyed(channel_id, *role)
-        for out in self._tracker.feed(event.data):
-            self._after_tracker_event(out)
-            self._publish(out)
-
-    def _after_tracker_event(self, event: CallEvent) -> None:
-        if event.kind is CallEventKind.HANGUP:
-            self._spawn(f"cleanup of {event.call_id}", self._cleanup_call, event.call_id)
+        self._publish_all(self._tracker.feed(event.data))
 
     def _on_stasis_start(self, channel_id: str, call_id: str, role: LegRole) -> None:
-        if role is LegRole.CUSTOMER and call_id in self._amd_pending:
-            exten = self._amd_pending.pop(call_id)
-            self._spawn(f"AMD of {call_id}", self._run_amd, call_id, exten)
+        if role is not LegRole.CUSTOMER and not self._tracker.is_live(call_id):
+            # The customer is gone (the agent or target answered late): nobody to talk to.
+            self._consults.pop(channel_id, None)
+            self._agent_bridge.pop(channel_id, None)
+            self._spawn(f"hangup of orphan {channel_id}", self._hangup_quietly, channel_id)
+        elif role is LegRole.CUSTOMER and call_id in self._amd_pending:
+            self._amd_pending.discard(call_id)
+            self._spawn(f"AMD of {call_id}", self._run_amd, call_id)
         elif role is LegRole.AGENT and channel_id in self._agent_bridge:
-            bridge_id = self._agent_bridge[channel_id]
-            self._spawn(f"bridging agent of {call_id}", self._add, bridge_id, channel_id)
+            bridge_id = self._agent_bridge.pop(channel_id)
+            self._spawn(f"bridging agent of {call_id}", self._bridge_agent, bridge_id, channel_id)
         elif role is LegRole.CONSULT and channel_id in self._consults:
-            self._spawn(f"attended transfer of {call_id}", self._complete_transfer, channel_id)
+            self._consults[channel_id].settle(True)
 
     def _on_leg_destroyed(self, channel_id: str, call_id: str, role: LegRole) -> None:
         self._agent_bridge.pop(channel_id, None)
         transfer = self._consults.pop(channel_id, None)
         if transfer is not None:
-            self._spawn(f"abort transfer of {call_id}", self._abort_transfer, transfer)
+            transfer.settle(False)
 
-    async def _run_amd(self, call_id: str, exten: str) -> None:
+    async def _run_amd(self, call_id: str) -> None:
         assert self._rest is not None
         try:
             await self._rest.continue_in_dialplan(
-                call_id, context=self.amd_context, extension=exten, priority=1
+                call_id, context=self.amd_context, extension=self.amd_extension, priority=1
             )
             self._amd_started.add(call_id)
         except NotFound:
@@ -411,12 +543,27 @@ class AriTelephony:
             cause = await self._rest.get_variable(call_id, "AMDCAUSE")
         except NotFound:
             return  # not decided yet (its ChannelVarset will come) or the call ended
-        for event in self._tracker.note_amd(call_id, status, cause):
-            self._publish(event)
+        self._publish_all(self._tracker.note_amd(call_id, status, cause))
 
-    async def _add(self, bridge_id: str, channel_id: str) -> None:
+    async def _follow(self, channel_id: str) -> None:
+        """Subscribe to an inbound channel, so its end is seen after it leaves Stasis."""
         assert self._rest is not None
-        await self._rest.add_channel(bridge_id, [channel_id])
+        try:
+            await self._rest.subscribe(self.app, [f"channel:{channel_id}"])
+        except TelephonyError as exc:  # gone already (422): its StasisEnd ends it
+            log.info("inbound %s not followed beyond Stasis: %s", channel_id, exc)
+            return
+        self._tracker.note_subscribed(channel_id)
+
+    async def _bridge_agent(self, bridge_id: str, channel_id: str) -> None:
+        """Add the answered agent leg; if that is refused, hang it up (its end is reported
+        to the customer as UNBRIDGED) rather than leave an agent on a silent line."""
+        assert self._rest is not None
+        try:
+            await self._rest.add_channel(bridge_id, [channel_id])
+        except TelephonyError:
+            await self._hangup_quietly(channel_id)
+            raise
 
     async def _hangup_quietly(self, channel_id: str, cause: int | None = None) -> None:
         assert self._rest is not None
@@ -425,8 +572,10 @@ class AriTelephony:
 
     async def _cleanup_call(self, call_id: str) -> None:
         """The customer is gone: hang up its agent/consult legs and destroy its bridge."""
-        self._amd_pending.pop(call_id, None)
+        self._amd_pending.discard(call_id)
         self._amd_started.discard(call_id)
+        for playback_id in [p for p, c in self._playbacks.items() if c == call_id]:
+            del self._playbacks[playback_id]
         for role in (LegRole.AGENT, LegRole.CONSULT):
             for leg in self._tracker.legs_of(call_id, role):
                 await self._hangup_quietly(leg)
@@ -441,72 +590,114 @@ class AriTelephony:
                 f"no live ARI call with id {call_id!r}", detail="it ended or never existed"
             )
 
+    def _disown(self, channel_id: str) -> None:
+        """Give up on a channel we tried to originate: stop tracking it, and hang it up if it
+        appears after all (its POST may have been carried out although no answer came)."""
+        self._tracker.forget(channel_id)
+        self._disowned[channel_id] = None
+        if len(self._disowned) > MAX_DISOWNED:
+            del self._disowned[next(iter(self._disowned))]
+
+    async def _originate_leg(self, channel_id: str, endpoint: str, **kw: Any) -> None:
+        """`POST /channels` for a leg the tracker already expects, into our app.
+
+        On success the leg is confirmed (it may be judged by the next resync). A 409 means
+        the channel id exists: ours, from an earlier try, so it is success too. A failure
+        without an answer (BackendUnavailable: timeout, reset) is ambiguous: the channel is
+        looked up, and only if it exists is this a success. Any other outcome disowns the id
+        and re-raises."""
+        assert self._rest is not None
+        self._posting.add(channel_id)
+        try:
+            try:
+                await self._rest.originate(endpoint, app=self.app, channel_id=channel_id, **kw)
+            except Conflict as exc:
+                log.warning("originate %s: channel id already exists (%s)", channel_id, exc.detail)
+            except BackendUnavailable:
+                if not await self._exists(channel_id):
+                    raise
+        except BaseException:
+            self._disown(channel_id)
+            raise
+        finally:
+            self._posting.discard(channel_id)
+        self._confirmed_seq += 1
+        self._tracker.confirm(channel_id, self._confirmed_seq)
+        if channel_id in self._verify_after_post:
+            self._verify_after_post.discard(channel_id)
+            self._spawn(f"check of {channel_id}", self._verify_leg, channel_id)
+
+    async def _exists(self, channel_id: str) -> bool:
+        assert self._rest is not None
+        try:
+            await self._rest.get_channel(channel_id)
+        except TelephonyError:
+            return False
+        return True
+
     # ----- Telephony commands ------------------------------------------------------------
     async def originate(self, request: OriginateRequest) -> None:
         """POST /channels into our app with channelId = call_id. `request.context` and
-        `extension` are not used (the call goes to Stasis), except that with `amd` a non-"s"
-        `extension` names the AMD dialplan extension (default: the dialled number). Raises
-        ValueError for a call id ARI cannot take, BackendUnavailable while the link is down."""
-        rest = self._rest_or_raise()
+        `extension` are not used (the call goes to Stasis; AMD uses `amd_context`). Raises
+        ValueError for a call id ARI cannot take, BackendUnavailable while the link is down
+        or when the POST got no answer and the channel does not exist."""
+        self._rest_or_raise()
         if not CALL_ID_RE.match(request.call_id):
             raise ValueError(
                 f"call_id {request.call_id!r} must be 1-64 characters of [A-Za-z0-9._-]"
             )
-        fresh = not self._tracker.is_live(request.call_id)  # False: a replayed originate
+        call_id = request.call_id
+        fresh = not self._tracker.is_live(call_id)  # False: a replayed originate
         if fresh:
-            self._tracker.expect(request.call_id, role=LegRole.CUSTOMER, peer=request.endpoint)
-        if request.amd and fresh:
-            self._amd_pending[request.call_id] = (
-                request.extension
-                if request.extension not in ("", "s")
-                else _number_of(request.endpoint)
-            )
+            self._tracker.expect(call_id, role=LegRole.CUSTOMER, peer=request.endpoint)
+            if request.amd:
+                self._amd_pending.add(call_id)
+        variables = {**request.variables, "PACELINE_APP": self.app, "PACELINE_CALL_ID": call_id}
         try:
-            await rest.originate(
+            await self._originate_leg(
+                call_id,
                 request.endpoint,
-                app=self.app,
-                app_args=("customer", request.call_id),
-                channel_id=request.call_id,
+                app_args=("customer", call_id),
                 caller_id=request.caller_id or None,
                 timeout_s=max(1, round(request.ring_timeout_s)),
-                variables=request.variables,
+                variables=variables,
             )
-        except Conflict as exc:
-            # A replay of an originate ARI already took: the call exists; do not dial twice.
-            log.warning("originate %s: channel id already exists (%s)", request.call_id, exc.detail)
-            return
         except BaseException:
-            if fresh:
-                self._tracker.forget(request.call_id)
-                self._amd_pending.pop(request.call_id, None)
+            self._amd_pending.discard(call_id)
             raise
-        for event in self._tracker.mark_dialing(request.call_id):
-            self._publish(event)
+        self._publish_all(self._tracker.mark_dialing(call_id))
 
     async def connect_to_agent(self, call_id: str, agent_endpoint: str) -> None:
         """Bridge the answered call with `agent_endpoint`; BRIDGED (peer = the endpoint) when
-        the agent answered, UNBRIDGED with the cause if the agent leg fails."""
+        the agent answered, UNBRIDGED with the cause if the agent leg fails. Safe to retry."""
         rest = self._rest_or_raise()
         self._require_call(call_id)
         bridge_id = self._bridges.get(call_id)
         if bridge_id is None:
             bridge_id = f"{call_id}.bridge"
-            await rest.create_bridge(
-                bridge_type="mixing", bridge_id=bridge_id, name=f"call-{call_id}"
-            )
+            try:
+                await rest.create_bridge(
+                    bridge_type="mixing", bridge_id=bridge_id, name=f"call-{call_id}"
+                )
+                present = False
+            except Conflict:  # a retry after a failed addChannel: the bridge is ours
+                present = call_id in (await rest.get_bridge(bridge_id)).get("channels", [])
+            if not present:
+                await rest.add_channel(bridge_id, [call_id])
+            # Known only now: a retry must find the customer in it, and cleanup destroy it.
             self._bridges[call_id] = bridge_id
-            await rest.add_channel(bridge_id, [call_id])
+            self._require_call(call_id)  # hung up meanwhile: cleanup already ran
         agent_id = f"{call_id}.agent{self._next()}"
         self._tracker.expect(agent_id, call_id, role=LegRole.AGENT, peer=agent_endpoint)
         self._agent_bridge[agent_id] = bridge_id
         try:
-            await rest.originate(
-                agent_endpoint, app=self.app, app_args=("agent", call_id), channel_id=agent_id
-            )
+            await self._originate_leg(agent_id, agent_endpoint, app_args=("agent", call_id))
         except BaseException:
-            self._tracker.forget(agent_id)
             self._agent_bridge.pop(agent_id, None)
             raise
+        if not self._tracker.is_live(call_id):  # the customer left while the agent was dialled
+            self._agent_bridge.pop(agent_id, None)
+            await self._hangup_quietly(agent_id)
 
     async def play_and_hangup(self, call_id: str, sound: str) -> None:
         """Play `sound` (`name` or `sound:name`) and hang up when it ends, played or failed."""
@@ -543,6 +734,16 @@ class AriTelephony:
         exten, context = self._dialplan_target(target)
         return f"Local/{exten}@{context}"
 
+    def _connected_agents(self, call_id: str, what: str) -> tuple[str, list[str]]:
+        bridge_id = self._bridges.get(call_id)
+        agents = self._tracker.legs_of(call_id, LegRole.AGENT)
+        if bridge_id is None or not agents:
+            raise TelephonyError(
+                f"{what} of {call_id!r} needs the call connected to an agent",
+                detail="call connect_to_agent first",
+            )
+        return bridge_id, agents
+
     async def blind_transfer(self, call_id: str, target: str) -> None:
         """Hand the customer to `target` (`1002`, `1002@ctx`, `Local/1002@ctx` or an endpoint)
         without consulting: the agent legs are hung up and the target is dialled into the
@@ -551,12 +752,7 @@ class AriTelephony:
         BRIDGED with the target when it answers."""
         self._rest_or_raise()
         self._require_call(call_id)
-        agents = self._tracker.legs_of(call_id, LegRole.AGENT)
-        if call_id not in self._bridges or not agents:
-            raise TelephonyError(
-                f"blind transfer of {call_id!r} needs the call connected to an agent",
-                detail="call connect_to_agent first",
-            )
+        _bridge_id, agents = self._connected_agents(call_id, "blind transfer")
         for leg in agents:
             await self._hangup_quietly(leg)
         await self.connect_to_agent(call_id, self._target_endpoint(target))
@@ -572,42 +768,53 @@ class AriTelephony:
 
     async def attended_transfer(self, call_id: str, target: str) -> None:
         """Consult `target` while the customer is on hold, then hand the customer over
-        (TRANSFERRED, detail "attended"). Returns once the consult leg is dialling."""
+        (TRANSFERRED, detail "attended"). Returns once the transfer is complete; raises
+        TelephonyError when it could not be done, with the customer back with the agent."""
         rest = self._rest_or_raise()
         self._require_call(call_id)
-        bridge_id = self._bridges.get(call_id)
-        agents = self._tracker.legs_of(call_id, LegRole.AGENT)
-        if bridge_id is None or not agents:
-            raise TelephonyError(
-                f"attended transfer of {call_id!r} needs the call connected to an agent",
-                detail="call connect_to_agent first",
-            )
-        endpoint = self._target_endpoint(target)
-        await rest.remove_channel(bridge_id, [call_id])
-        await self.hold(call_id)
+        bridge_id, agents = self._connected_agents(call_id, "attended transfer")
         consult_id = f"{call_id}.consult{self._next()}"
-        self._tracker.expect(consult_id, call_id, role=LegRole.CONSULT, peer=target)
-        self._consults[consult_id] = _Transfer(call_id, target, bridge_id, agents)
+        transfer = _Transfer(
+            call_id, target, bridge_id, agents, asyncio.get_running_loop().create_future()
+        )
         try:
-            await rest.originate(
-                endpoint, app=self.app, app_args=("consult", call_id), channel_id=consult_id
+            await rest.remove_channel(bridge_id, [call_id])
+            await self.hold(call_id)
+            transfer.on_hold = True
+            self._tracker.expect(consult_id, call_id, role=LegRole.CONSULT, peer=target)
+            self._consults[consult_id] = transfer
+            await self._originate_leg(
+                consult_id, self._target_endpoint(target), app_args=("consult", call_id)
             )
+            try:
+                async with asyncio.timeout(self.transfer_timeout_s):
+                    answered = await asyncio.shield(transfer.answered)
+            except TimeoutError:
+                answered = False
+            if not answered:
+                raise TelephonyError(
+                    f"attended transfer of {call_id!r}: {target} did not answer",
+                    detail=f"waited up to {self.transfer_timeout_s:g} s",
+                )
+            await self._complete_transfer(consult_id, transfer)
         except BaseException:
-            self._tracker.forget(consult_id)
-            transfer = self._consults.pop(consult_id)
-            await self._abort_transfer(transfer)
+            self._consults.pop(consult_id, None)
+            with contextlib.suppress(TelephonyError):
+                await self._hangup_quietly(consult_id)
+            await self._restore_customer(transfer)
             raise
 
-    async def _complete_transfer(self, consult_id: str) -> None:
-        transfer = self._consults.pop(consult_id, None)
-        if transfer is None:
-            return
+    async def _complete_transfer(self, consult_id: str, transfer: _Transfer) -> None:
+        """The target answered: target, then customer, join the agent's bridge; the agents
+        leave last, so a refused step never leaves the customer without anyone."""
         assert self._rest is not None
         await self._rest.add_channel(transfer.bridge_id, [consult_id])
         await self.unhold(transfer.call_id)
+        transfer.on_hold = False
+        await self._rest.add_channel(transfer.bridge_id, [transfer.call_id])
+        self._consults.pop(consult_id, None)
         for agent in transfer.agent_ids:
             await self._hangup_quietly(agent)
-        await self._rest.add_channel(transfer.bridge_id, [transfer.call_id])
         self._publish(
             CallEvent(
                 kind=CallEventKind.TRANSFERRED,
@@ -618,15 +825,19 @@ class AriTelephony:
             )
         )
 
-    async def _abort_transfer(self, transfer: _Transfer) -> None:
-        if not self._tracker.is_live(transfer.call_id):
+    async def _restore_customer(self, transfer: _Transfer) -> None:
+        """After a failed attended transfer: music off, back in the agent's bridge."""
+        if not self._tracker.is_live(transfer.call_id) or self._rest is None:
             return
-        log.warning("attended transfer of %s: consult leg not answered", transfer.call_id)
+        log.warning("attended transfer of %s failed; back to the agent", transfer.call_id)
+        if transfer.on_hold:
+            with contextlib.suppress(TelephonyError):
+                await self.unhold(transfer.call_id)
         with contextlib.suppress(TelephonyError):
-            await self.unhold(transfer.call_id)
-        assert self._rest is not None
-        with contextlib.suppress(TelephonyError):
-            await self._rest.add_channel(transfer.bridge_id, [transfer.call_id])
+            # Asked, not assumed: our own view of the bridge may lag the REST calls.
+            bridge = await self._rest.get_bridge(transfer.bridge_id)
+            if transfer.call_id not in bridge.get("channels", []):
+                await self._rest.add_channel(transfer.bridge_id, [transfer.call_id])
 
     async def hold(self, call_id: str) -> None:
         rest = self._rest_or_raise()

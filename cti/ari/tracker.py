@@ -11,10 +11,17 @@ Facts the mapping relies on (Asterisk 20.20.1 captures):
   cause; the real cause comes with `ChannelDestroyed` (16 for a DELETE with reason normal).
 - A channel we originated stays subscribed after `StasisEnd` (continue, redirect), so its
   `ChannelDestroyed` still arrives. A channel that merely entered Stasis (inbound) is not:
-  after `StasisEnd` following a hang-up request nothing more comes, so the hang-up is reported
-  at `StasisEnd`.
-- AMD() sets AMDSTATUS then AMDCAUSE (ChannelVarset). The reference dialplan `dialer-amd`
-  passes `human` as the first Stasis argument when AMD said HUMAN.
+  after its `StasisEnd` nothing more comes unless the app subscribed to `channel:<id>`. The
+  backend subscribes every inbound channel and says so with `note_subscribed`; an inbound leg
+  that leaves Stasis unsubscribed is ended there (hang-up requested: a normal hang-up; else
+  HANGUP with cause None, "no longer followed"), so no call stays live forever.
+- AMD() sets AMDSTATUS then AMDCAUSE (ChannelVarset). Paceline's `paceline-amd` context hands
+  every verdict back as Stasis arguments `amd,<AMDSTATUS>`; the reference `dialer-amd` passes
+  `human,<exten>` when AMD said HUMAN.
+- Resync (`reconcile`) only judges legs whose originate ARI had confirmed before the
+  `GET /channels` was sent (`confirm(..., seq)`, `reconcile(..., confirmed_by=seq)`): a POST
+  still in flight, or answered after the GET left, may be missing from the snapshot without
+  having ended. Those legs are listed by `unsure_legs` for the backend to check one by one.
 - Hold on a Local channel starts music on hold but sends no ChannelHold: the backend reports
   HELD/UNHELD itself; the tracker maps ChannelHold/ChannelUnhold when they do come.
 
@@ -41,6 +48,21 @@ MAX_ENDED_REMEMBERED = 50_000
 #: The Stasis arguments the reference dialplan (`dialer-amd`) uses to say what AMD decided.
 AMD_STASIS_ARGS: dict[str, str] = {"human": "HUMAN", "machine": "MACHINE", "notsure": "NOTSURE"}
 
+#: First Stasis argument of Paceline's `paceline-amd` context; the second is ${AMDSTATUS}.
+AMD_VERDICT_ARG = "amd"
+
+
+def amd_from_stasis_args(args: Any) -> str | None:
+    """The AMD verdict carried by StasisStart `args`: `amd,<AMDSTATUS>` (paceline-amd) or
+    `human,<exten>` (the reference dialer-amd); None when the args say nothing about AMD."""
+    if not isinstance(args, list) or not args or not isinstance(args[0], str):
+        return None
+    first = args[0].lower()
+    if first == AMD_VERDICT_ARG:
+        status = args[1] if len(args) > 1 and isinstance(args[1], str) else ""
+        return status.upper() or None
+    return AMD_STASIS_ARGS.get(first)
+
 
 class LegRole(StrEnum):
     CUSTOMER = "customer"  # the dialer's call: events are reported under call_id
@@ -66,6 +88,10 @@ class _Leg:
     bridge_id: str | None = None
     bridged_with: str | None = None
     dialing_reported: bool = False
+    #: resync sequence at which ARI confirmed the channel exists (None: POST not answered yet)
+    confirmed_seq: int | None = None
+    subscribed: bool = False  # an inbound leg the app subscribed to (events after StasisEnd)
+    was_bridged: bool = False
 
 
 def _channel(event: Mapping[str, Any], key: str = "channel") -> Mapping[str, Any]:
@@ -134,8 +160,57 @@ class AriTracker:
         return self._flush_amd(leg)
 
     def forget(self, channel_id: str) -> None:
-        """Stop tracking a channel whose originate was refused (no event will ever come)."""
-        self._legs.pop(channel_id, None)
+        """Stop tracking a channel whose originate was refused or abandoned. Its id is
+        remembered as ended, so a late StasisStart (an originate that took after all) is never
+        mistaken for an inbound call."""
+        leg = self._legs.pop(channel_id, None)
+        if leg is not None:
+            self._end(leg)
+
+    def confirm(self, channel_id: str, seq: int) -> None:
+        """ARI confirmed the channel exists (its POST answered) at resync sequence `seq`."""
+        leg = self._legs.get(channel_id)
+        if leg is not None and leg.confirmed_seq is None:
+            leg.confirmed_seq = seq
+
+    def note_subscribed(self, channel_id: str) -> None:
+        """The app subscribed to this inbound channel: its events go on after StasisEnd."""
+        leg = self._legs.get(channel_id)
+        if leg is not None:
+            leg.subscribed = True
+
+    def unsure_legs(self, confirmed_by: int) -> list[str]:
+        """Legs a snapshot taken at sequence `confirmed_by` cannot judge (see `reconcile`)."""
+        return [
+            c
+            for c, leg in self._legs.items()
+            if leg.confirmed_seq is None or leg.confirmed_seq > confirmed_by
+        ]
+
+    def vanished(self, channel_id: str, detail: str) -> list[CallEvent]:
+        """ARI says the channel does not exist (404) although we track it: it ended unseen."""
+        leg = self._legs.get(channel_id)
+        return [] if leg is None else self._gone(leg, detail)
+
+    def in_bridge(self, channel_id: str) -> bool:
+        leg = self._legs.get(channel_id)
+        return leg is not None and leg.bridge_id is not None
+
+    def note_bridge(self, bridge: Mapping[str, Any]) -> list[CallEvent]:
+        """A bridge snapshot (`GET /bridges/{id}`) after a resync: the BRIDGED/UNBRIDGED the
+        lost ChannelEnteredBridge/ChannelLeftBridge events would have given."""
+        bridge_id = str(bridge.get("id", ""))
+        members = [c for c in bridge.get("channels", []) if isinstance(c, str)]
+        self._bridges[bridge_id] = members
+        out: list[CallEvent] = []
+        for channel_id, leg in list(self._legs.items()):
+            inside = channel_id in members
+            if inside:
+                if leg.bridge_id != bridge_id:
+                    out.extend(self._entered(leg, bridge_id, members))
+            elif leg.bridge_id == bridge_id:
+                out.extend(self._left(leg, members))
+        return out
 
     def is_live(self, call_id: str) -> bool:
         leg = self._legs.get(call_id)
@@ -152,6 +227,28 @@ class AriTracker:
     def live_call_ids(self) -> list[str]:
         """Customer calls that have not ended yet."""
         return [c for c, leg in self._legs.items() if leg.role is LegRole.CUSTOMER]
+
+    def channel_ids(self) -> list[str]:
+        """Every channel id tracked now (customer, agent and consult legs)."""
+        return list(self._legs)
+
+    def sync_stasis(self, channel_id: str, in_stasis: bool) -> bool:
+        """Record whether the leg is in Stasis now (from an event or a snapshot); True when it
+        just entered, i.e. a StasisStart that was not seen before."""
+        leg = self._legs.get(channel_id)
+        if leg is None:
+            return False
+        entered = in_stasis and not leg.in_stasis
+        leg.in_stasis = in_stasis
+        return entered
+
+    def observe_channel(self, chan: Mapping[str, Any]) -> list[CallEvent]:
+        """A Channel object from a snapshot or `GET /channels/{id}`: the leg is answered if it
+        is Up (ANSWERED for a customer call, when not seen before)."""
+        leg = self._legs.get(str(chan.get("id", "")))
+        if leg is None or chan.get("state") != "Up" or leg.answered:
+            return []
+        return self._answered(leg)
 
     def legs_of(self, call_id: str, role: LegRole | str) -> list[str]:
         """Channel ids of the live legs of `call_id` with `role`."""
@@ -187,31 +284,34 @@ class AriTracker:
             out.extend(handler(self, leg, event, chan))
         return out
 
-    def reconcile(self, live_channels: Iterable[Mapping[str, Any]]) -> list[CallEvent]:
+    def reconcile(
+        self, live_channels: Iterable[Mapping[str, Any]], *, confirmed_by: int
+    ) -> list[CallEvent]:
         """Resynchronize from a `GET /channels` snapshot taken after the event link was down.
 
-        A tracked customer call absent from the snapshot ended meanwhile: its HANGUP is
-        reported now (cause unknown, so None; the outcome still follows `cti.causes` from what
-        we knew: answered or not). A call that is present and `Up` but not yet seen answered
-        is reported ANSWERED. Other legs that are gone are dropped silently.
+        Only legs confirmed at or before sequence `confirmed_by` are judged. A customer call
+        absent from the snapshot ended meanwhile: its HANGUP is reported now (cause unknown, so
+        None; the outcome still follows `cti.causes` from what we knew: answered or not). An
+        agent or consult leg that is gone gives the customer's UNBRIDGED, as its
+        ChannelDestroyed would have. A leg present and `Up` but not yet seen answered is now
+        answered (ANSWERED for a customer call).
         """
         snapshot = {str(c.get("id")): c for c in live_channels if isinstance(c, Mapping)}
         out: list[CallEvent] = []
         for channel_id, leg in list(self._legs.items()):
+            if leg.confirmed_seq is None or leg.confirmed_seq > confirmed_by:
+                continue  # not judged: see unsure_legs
             chan = snapshot.get(channel_id)
             if chan is None:
-                self._end(leg)
-                if leg.role is LegRole.CUSTOMER:
-                    out.append(
-                        self._hangup_event(
-                            leg, None, detail="ended while the ARI event link was down"
-                        )
-                    )
-                continue
-            if leg.role is LegRole.CUSTOMER and chan.get("state") == "Up" and not leg.answered:
-                leg.answered = True
-                out.append(self._event(CallEventKind.ANSWERED, leg))
+                out.extend(self._gone(leg, "ended while the ARI event link was down"))
+            else:
+                out.extend(self.observe_channel(chan))
         return out
+
+    def _gone(self, leg: _Leg, detail: str) -> list[CallEvent]:
+        """End a leg whose end we did not see (cause unknown): the customer's HANGUP, or for
+        an agent/consult leg the UNBRIDGED its ChannelDestroyed would have caused."""
+        return self._destroyed(leg, {"cause": None, "cause_txt": detail}, {})
 
     # ----- helpers -----------------------------------------------------------------------
     def _event(self, kind: CallEventKind, leg: _Leg, **kw: Any) -> CallEvent:
@@ -234,7 +334,13 @@ class AriTracker:
     def _inbound(
         self, event: Mapping[str, Any], chan: Mapping[str, Any], channel_id: str
     ) -> list[CallEvent]:
-        leg = _Leg(channel_id=channel_id, call_id=channel_id, role=LegRole.CUSTOMER, inbound=True)
+        leg = _Leg(
+            channel_id=channel_id,
+            call_id=channel_id,
+            role=LegRole.CUSTOMER,
+            inbound=True,
+            confirmed_seq=0,
+        )
         self._legs[channel_id] = leg
         caller = chan.get("caller")
         number = caller.get("number") if isinstance(caller, Mapping) else None
@@ -267,16 +373,9 @@ class AriTracker:
         out: list[CallEvent] = []
         if chan.get("state") == "Up":
             out.extend(self._answered(leg))
-        args = event.get("args")
-        if (
-            leg.role is LegRole.CUSTOMER
-            and isinstance(args, list)
-            and args
-            and isinstance(args[0], str)
-            and args[0].lower() in AMD_STASIS_ARGS
-            and leg.amd is None
-        ):
-            leg.amd = AMD_STASIS_ARGS[args[0].lower()]
+        verdict = amd_from_stasis_args(event.get("args"))
+        if leg.role is LegRole.CUSTOMER and verdict is not None and leg.amd is None:
+            leg.amd = verdict
             out.extend(self._flush_amd(leg))
         return out
 
@@ -284,13 +383,17 @@ class AriTracker:
         self, leg: _Leg, event: Mapping[str, Any], chan: Mapping[str, Any]
     ) -> list[CallEvent]:
         leg.in_stasis = False
-        if leg.inbound and leg.hangup_requested:
-            # Not subscribed beyond Stasis: no ChannelDestroyed will follow.
-            self._end(leg)
-            if leg.role is LegRole.CUSTOMER:
-                cause = leg.hangup_cause or causes.NORMAL_CLEARING
-                return [self._hangup_event(leg, cause)]
-        return []
+        if not leg.inbound or leg.subscribed:
+            return []  # still subscribed: ChannelDestroyed will say how it ended
+        # Not subscribed beyond Stasis: nothing more will come for this channel.
+        self._end(leg)
+        if leg.hangup_requested:
+            return [self._hangup_event(leg, leg.hangup_cause or causes.NORMAL_CLEARING)]
+        return [
+            self._hangup_event(
+                leg, None, detail="left Stasis unsubscribed; no longer followed"
+            )
+        ]
 
     def _state_change(
         self, leg: _Leg, event: Mapping[str, Any], chan: Mapping[str, Any]
@@ -344,7 +447,11 @@ class AriTracker:
         self, leg: _Leg, event: Mapping[str, Any], chan: Mapping[str, Any]
     ) -> list[CallEvent]:
         bridge_id, members = self._bridge_members(event)
+        return self._entered(leg, bridge_id, members)
+
+    def _entered(self, leg: _Leg, bridge_id: str, members: list[str]) -> list[CallEvent]:
         leg.bridge_id = bridge_id
+        leg.was_bridged = True
         out: list[CallEvent] = []
         for member in members:
             cust = self._legs.get(member)
@@ -363,6 +470,9 @@ class AriTracker:
         self, leg: _Leg, event: Mapping[str, Any], chan: Mapping[str, Any]
     ) -> list[CallEvent]:
         _bridge_id, members = self._bridge_members(event)
+        return self._left(leg, members)
+
+    def _left(self, leg: _Leg, members: list[str]) -> list[CallEvent]:
         out: list[CallEvent] = []
         if leg.role is LegRole.CUSTOMER and leg.bridged_with:
             peer = self._peer_name(leg.bridged_with)
@@ -406,7 +516,7 @@ class AriTracker:
         self, leg: _Leg, event: Mapping[str, Any], chan: Mapping[str, Any]
     ) -> list[CallEvent]:
         cause = _int(event.get("cause"))
-        if not cause:  # 0 "Unknown": fall back on what the hang-up request said
+        if not cause:  # 0 "Unknown" (or not known at all): fall back on the hang-up request
             cause = leg.hangup_cause or cause
         out: list[CallEvent] = []
         if leg.bridged_with and leg.role is LegRole.CUSTOMER:
@@ -414,23 +524,36 @@ class AriTracker:
                 self._event(CallEventKind.UNBRIDGED, leg, peer=self._peer_name(leg.bridged_with))
             )
             leg.bridged_with = None
+        elif leg.bridge_id is not None and leg.role is not LegRole.CUSTOMER:
+            # Its ChannelLeftBridge normally comes first; when it was lost (a resync), leaving
+            # here unbridges the customer it was with, as that event would have.
+            members = self._bridges.get(leg.bridge_id, [])
+            out.extend(self._left(leg, [m for m in members if m != leg.channel_id]))
         self._end(leg)
         if leg.role is LegRole.CUSTOMER:
             cause_txt = event.get("cause_txt")
             out.append(self._hangup_event(leg, cause, detail=str(cause_txt or "")))
-        elif not leg.answered:
+            return out
+        cust = self._legs.get(leg.call_id)
+        if cust is None:
+            return out
+        if not leg.answered:
             # An agent or consult leg that never answered: the customer is not connected.
-            cust = self._legs.get(leg.call_id)
-            if cust is not None:
-                out.append(
-                    self._event(
-                        CallEventKind.UNBRIDGED,
-                        cust,
-                        peer=leg.peer or leg.channel_id,
-                        cause=cause,
-                        detail=f"{leg.role.value} leg ended unanswered: {event.get('cause_txt')}",
-                    )
-                )
+            detail = f"{leg.role.value} leg ended unanswered: {event.get('cause_txt')}"
+        elif leg.role is LegRole.AGENT and not leg.was_bridged:
+            # Answered, then ended before it could be added (a refused addChannel).
+            detail = f"agent leg ended before it was bridged: {event.get('cause_txt')}"
+        else:
+            return out
+        out.append(
+            self._event(
+                CallEventKind.UNBRIDGED,
+                cust,
+                peer=leg.peer or leg.channel_id,
+                cause=cause,
+                detail=detail,
+            )
+        )
         return out
 
 

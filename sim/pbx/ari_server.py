@@ -16,11 +16,18 @@ Who answers (the reference dialplan, `reference-config/extensions.conf`):
   second after the answer and hang up after `talk_s` with cause 16).
 - `Local/1XXX@agents` answers at once, `2XXX` after 2 s of ringing, `9XXX` is busy;
   `PJSIP/<name>` (no `@`) answers at once. Agents never hang up by themselves.
-- Dialplan context `dialer-amd` (reached by `continue` from Stasis, or by originating into it
-  without `app`) runs AMD: ChannelVarset AMDSTATUS and AMDCAUSE, then HUMAN enters
-  Stasis(`amd_app` or the app the channel was last in, human, <exten>) and MACHINE is hung up
-  with cause 16.
+- The AMD contexts of `sim.pbx.core.DIALPLAN` (reached by `continue` from Stasis, or by
+  originating into them without `app`) run AMD: ChannelVarset AMDSTATUS and AMDCAUSE, then the
+  context's own Stasis step. Paceline's `paceline-amd` (exten `s`) enters
+  Stasis(${PACELINE_APP}, amd, ${AMDSTATUS}) for every verdict; the reference `dialer-amd`
+  (exten `_X.`, digits only) enters Stasis(dialer, human, ${EXTEN}) for a person and hangs a
+  machine up with cause 16, exactly as the reference dialplan does. An extension the pattern
+  does not match, or an empty Stasis app name, hangs the channel up with cause 0.
 - Anything else (an unknown context or extension) is destroyed at once with cause 0.
+- Subscriptions: a channel originated with `app` (or subscribed with
+  `POST /applications/{app}/subscription`) keeps sending that app its events until it is
+  destroyed; a channel that merely entered Stasis from the dialplan sends nothing after its
+  StasisEnd, as in the `08_amd` and inbound captures.
 
 Simplifications (documented deviations):
 - only a subset of the Local-channel events: the ;2 half gets ChannelCallerId/ConnectedLine at
@@ -60,6 +67,7 @@ from aiohttp import WSMsgType, web
 
 from cti import causes
 from cti.ari.codes import CAUSE_BY_REASON
+from sim.pbx.core import find_steps
 from sim.population import CalleeBehaviour, CalleeKind, Population, deterministic_test_population
 
 ASTERISK_ID = "02:fc:00:00:00:01"
@@ -125,7 +133,8 @@ class _Chan:
     priority: int = 1
     app_name: str = "AppDial2"
     app_data: str = "(Outgoing Line)"
-    apps: set[str] = field(default_factory=set)
+    apps: set[str] = field(default_factory=set)  # apps its events go to
+    subscribed: set[str] = field(default_factory=set)  # apps that keep it after StasisEnd
     stasis_app: str | None = None
     last_app: str = ""
     variables: dict[str, str] = field(default_factory=dict)
@@ -218,6 +227,19 @@ class _Socket:
         self.queue.put_nowait(text)
 
 
+@dataclass(slots=True)
+class _Fault:
+    """One injected REST fault (see `AriServer.inject_fault`)."""
+
+    method: str
+    path: str
+    status: int
+    body: bytes | None
+    before_s: float
+    after_s: float
+    times: int
+
+
 class AriError(Exception):
     def __init__(self, status: int, message: str, *, reason: str = "", key: str = "message"):
         super().__init__(message)
@@ -240,7 +262,6 @@ class AriServer:
         population: Population | None = None,
         seed: int = 0,
         time_scale: float = 1.0,
-        amd_app: str | None = None,
         sounds: Mapping[str, float] | None = None,
     ) -> None:
         self.host = host
@@ -251,7 +272,6 @@ class AriServer:
         self._population = population or deterministic_test_population()
         self._rng = random.Random(seed)
         self.time_scale = time_scale
-        self.amd_app = amd_app
         self.sounds = dict(DEFAULT_SOUNDS if sounds is None else sounds)
         self._runner: web.AppRunner | None = None
         self._sockets: dict[str, _Socket] = {}  # app -> the socket that owns it
@@ -274,6 +294,12 @@ class AriServer:
         self.amd_verdicts: dict[str, str] = {}
         #: the last events sent (app, type, channel id), for tests
         self.event_log: deque[tuple[str, str, str]] = deque(maxlen=100_000)
+        #: REST requests received (method, path after /ari), before any fault, for tests
+        self.requests: Counter[tuple[str, str]] = Counter()
+        #: the query strings of the last REST requests, as received (what a proxy would log)
+        self.query_log: deque[str] = deque(maxlen=10_000)
+        self._faults: list[_Fault] = []
+        self._requests: set[asyncio.Future[web.StreamResponse]] = set()
 
     # ----- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -289,6 +315,8 @@ class AriServer:
 
     async def close(self) -> None:
         self._closing = True
+        for work in list(self._requests):
+            work.cancel()
         for chan in self._channels.values():
             for timer in chan.timers:
                 timer.cancel()
@@ -320,6 +348,33 @@ class AriServer:
             sock.queue.put_nowait(None)
         self._sockets.clear()
         self._all_sockets.clear()
+
+    def inject_fault(
+        self,
+        method: str,
+        path: str,
+        *,
+        status: int = 0,
+        body: bytes | None = None,
+        before_s: float = 0.0,
+        after_s: float = 0.0,
+        times: int = 1,
+    ) -> None:
+        """Make the next `times` REST requests whose method is `method` and whose path (after
+        `/ari`) contains `path` misbehave: wait `before_s` real seconds before handling it (a
+        slow Asterisk), answer `status` with `{"message": "Injected failure"}` instead of
+        handling it, or answer 200 with the raw `body` (e.g. not JSON), or handle it and then
+        wait `after_s` before answering (the request took effect; the answer is late)."""
+        self._faults.append(_Fault(method, path, status, body, before_s, after_s, times))
+
+    def _take_fault(self, method: str, path: str) -> _Fault | None:
+        for fault in self._faults:
+            if fault.times > 0 and fault.method == method and fault.path in path:
+                fault.times -= 1
+                if fault.times == 0:
+                    self._faults.remove(fault)
+                return fault
+        return None
 
     def send_raw(self, app: str, text: str) -> bool:
         """Send any text frame to `app`'s socket (fault injection); False when none is open."""
@@ -450,10 +505,34 @@ class AriServer:
             return resp
         if parts == ["events"]:
             return await self._events(request)
+        # Asterisk carries out a request whose client has gone (timed out, reset); aiohttp
+        # would cancel the handler. The work is shielded and owned by `_requests`.
+        work = asyncio.ensure_future(self._serve(request, parts))
+        self._requests.add(work)
+        work.add_done_callback(self._requests.discard)
+        return await asyncio.shield(work)
+
+    async def _serve(self, request: web.Request, parts: list[str]) -> web.StreamResponse:
+        raw = await request.read() if request.can_read_body else b""
+        path = "/" + "/".join(parts)
+        self.requests[(request.method, path)] += 1
+        self.query_log.append(request.query_string)
+        fault = self._take_fault(request.method, path)
+        if fault is not None:
+            await asyncio.sleep(fault.before_s)
+            if fault.status:
+                return self._json(fault.status, {"message": "Injected failure"})
+            if fault.body is not None:
+                return web.Response(status=200, body=fault.body, content_type="text/html")
+        response = self._handle(request, parts, raw)
+        if fault is not None and fault.after_s:
+            await asyncio.sleep(fault.after_s)
+        return response
+
+    def _handle(self, request: web.Request, parts: list[str], raw: bytes) -> web.StreamResponse:
         try:
             body: dict[str, Any] = {}
-            if request.can_read_body:
-                raw = await request.read()
+            if raw:
                 if raw.strip():
                     try:
                         parsed = json.loads(raw)
@@ -631,6 +710,7 @@ class AriServer:
                         chan.caller = (chan.caller[0], v)
         if app:
             chan.apps.add(str(app))
+            chan.subscribed.add(str(app))
         self._channels[chan_id] = chan
         self.channels_created[chan_id] += 1
         if tech == "Local":
@@ -651,6 +731,7 @@ class AriServer:
                 app_name="",
                 app_data="",
                 apps=set(chan.apps),
+                subscribed=set(chan.subscribed),
                 partner=chan,
             )
             chan.partner = half
@@ -788,16 +869,21 @@ class AriServer:
         if chan.stasis_app is None:
             return
         self._remove_from_bridge(chan)
-        chan.stasis_app = None
+        app, chan.stasis_app = chan.stasis_app, None
         self._chan_event("StasisEnd", chan)
+        if app not in chan.subscribed:
+            chan.apps.discard(app)  # entered from the dialplan: nothing more for this app
         self._chan_event(
             "ChannelVarset", chan, pre={"variable": "STASISSTATUS", "value": "SUCCESS"}
         )
 
-    def _amd(self, chan: _Chan, exten: str) -> None:
+    def _amd(self, chan: _Chan, context: str, exten: str, stasis_data: str, branch: bool) -> None:
+        """AMD() and what the context does with the verdict: `stasis_data` is its Stasis step
+        (variables not yet substituted); with `branch` only HUMAN gets there, as in the
+        reference `dialer-amd`, and anything else is hung up with cause 16."""
         b = chan.behaviour
         assert b is not None
-        chan.context, chan.exten, chan.priority = "dialer-amd", exten, 1
+        chan.context, chan.exten, chan.priority = context, exten, 1
         chan.app_name, chan.app_data = "AMD", ""
         self._chan_event(
             "ChannelDialplan", chan, mid={"dialplan_app": "AMD", "dialplan_app_data": ""}
@@ -810,9 +896,13 @@ class AriServer:
         self._chan_event(
             "ChannelVarset", chan, pre={"variable": "AMDCAUSE", "value": b.amd_cause or ""}
         )
-        if status == "HUMAN":
-            chan.priority = 5
-            self._enter_stasis(chan, self.amd_app or chan.last_app or "dialer", ["human", exten])
+        if status == "HUMAN" or not branch:
+            app, *args = self._substitute(chan, stasis_data, exten).split(",")
+            if not app:  # Stasis() without an app name fails: the channel hangs up
+                self._destroy(chan, 0, request_cause=0)
+                return
+            chan.priority = 5 if branch else 2
+            self._enter_stasis(chan, app, args)
         else:
             chan.priority, chan.app_name, chan.app_data = 4, "Hangup", "16"
             self._chan_event(
@@ -823,8 +913,13 @@ class AriServer:
     def _run_dialplan(self, chan: _Chan, context: str, exten: str) -> None:
         """`continue` into the dialplan: only `agents` extensions exist; the rest hang up."""
         chan.context, chan.exten, chan.priority = context, exten, 1
-        if context == "dialer-amd":
-            self._later(chan, AMD_S, lambda: self._amd(chan, exten))
+        steps = find_steps(context, exten)
+        if steps is not None and steps[0][1] == "AMD":
+            stasis_data = next(str(d) for _, app, d in steps if app == "Stasis")
+            branch = any(app == "GotoIf" for _, app, _ in steps)
+            self._later(
+                chan, AMD_S, lambda: self._amd(chan, context, exten, stasis_data, branch)
+            )
             return
         if context == "agents" and re.fullmatch(r"1\d{3}", exten):
             for prio, (app, data) in enumerate(
@@ -837,6 +932,14 @@ class AriServer:
                 )
             return
         self._destroy(chan, 0, request_cause=0)
+
+    @staticmethod
+    def _substitute(chan: _Chan, text: str, exten: str) -> str:
+        def value(m: re.Match[str]) -> str:
+            name = m.group(1)
+            return exten if name == "EXTEN" else chan.variables.get(name, "")
+
+        return re.sub(r"\$\{([A-Za-z0-9_]+)\}", value, text)
 
     def _far_end_hangup(self, chan: _Chan) -> None:
         self._destroy(chan, causes.NORMAL_CLEARING, request_cause=causes.NORMAL_CLEARING)
@@ -1248,8 +1351,11 @@ class AriServer:
         for chan in targets:
             if method == "POST":
                 chan.apps.add(app)
+                chan.subscribed.add(app)
             else:
-                chan.apps.discard(app)
+                chan.subscribed.discard(app)
+                if chan.stasis_app != app:
+                    chan.apps.discard(app)
         return self._json(200, self._app_json(app))
 
     def _route_endpoints(self, method: str, rest: list[str]) -> web.Response:

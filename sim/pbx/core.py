@@ -228,6 +228,13 @@ DIALPLAN: dict[str, list[tuple[str, list[Step]]]] = {
         (None, "Dial", "Local/${EXTEN}@agents,30,tT"),
         (None, "Hangup", ""),
     ])],
+    # ARI: AMD, then every verdict back to the dialer's Stasis app (PACELINE_APP is set on
+    # the originate), which decides per campaign what a machine gets.
+    "paceline-amd": [("s", [
+        (None, "AMD", ""),
+        (None, "Stasis", "${PACELINE_APP},amd,${AMDSTATUS}"),
+        (None, "Hangup", ""),
+    ])],
     "dialer-amd": [("_X.", [
         (None, "AMD", ""),
         (None, "NoOp", "AMD result for ${EXTEN}: ${AMDSTATUS} / ${AMDCAUSE}"),
