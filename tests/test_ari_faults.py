@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import traceback
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -44,6 +45,27 @@ async def outage(server: AriServer, rec: Recorder) -> None:
     server.drop_websockets()
     await rec.first(CallEventKind.BACKEND_DOWN)
     await rec.first(CallEventKind.BACKEND_UP, timeout=5)
+
+
+@contextlib.asynccontextmanager
+async def another_client(
+    server: AriServer, app: str = "dialer"
+) -> AsyncIterator[tuple[AriRestClient, aiohttp.ClientWebSocketResponse]]:
+    """Someone else's ARI client: REST plus the event socket of `app`."""
+    base = f"http://127.0.0.1:{server.port}"
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(f"{base}/ari/events?app={app}&api_key=dialer:dialer") as ws,
+    ):
+        yield AriRestClient(session, base, api_key="dialer:dialer"), ws
+
+
+async def through_dialer_amd(rest: AriRestClient, number: str, channel_id: str) -> None:
+    """A call that reaches Stasis(dialer, human, ...) from the reference dialplan, not ours."""
+    await rest.originate(
+        f"Local/{number}@sim-customers", context="dialer-amd", extension=number,
+        channel_id=channel_id,
+    )  # fmt: skip
 
 
 async def connected_call(tel: Tel, agent: str = "Local/1001@agents") -> str:
@@ -108,30 +130,20 @@ async def test_amd_verdict_comes_back_to_our_app_for_e164_numbers(
 async def test_reference_dialer_amd_is_faithful_digits_only_and_app_dialer(
     server: AriServer,
 ) -> None:
-    async with aiohttp.ClientSession() as session:
-        rest = AriRestClient(session, f"http://127.0.0.1:{server.port}", api_key="dialer:dialer")
-        async with session.ws_connect(
-            f"http://127.0.0.1:{server.port}/ari/events?app=dialer&api_key=dialer:dialer"
-        ) as ws:
-            # `_X.` does not match `+1555...`: the channel is hung up, not sent to Stasis.
-            await rest.originate(
-                "Local/+15550100@sim-customers", context="dialer-amd", extension="+15550100",
-                channel_id="plus",
-            )  # fmt: skip
-            # Digits only: a person reaches Stasis(dialer, human, <exten>).
-            await rest.originate(
-                "Local/5550100@sim-customers", context="dialer-amd", extension="5550100",
-                channel_id="digits",
-            )  # fmt: skip
-            start = None
-            async with asyncio.timeout(5):
-                while start is None:
-                    msg = (await ws.receive()).json()
-                    if msg["type"] == "StasisStart":
-                        start = msg
-        assert (start["channel"]["id"], start["args"]) == ("digits", ["human", "5550100"])
-        assert "plus" not in server.live_channel_ids()
-        assert server.amd_verdicts.get("plus") is None
+    async with another_client(server) as (rest, ws):
+        # `_X.` does not match `+1555...`: the channel is hung up, not sent to Stasis.
+        await through_dialer_amd(rest, "+15550100", "plus")
+        # Digits only: a person reaches Stasis(dialer, human, <exten>).
+        await through_dialer_amd(rest, "5550100", "digits")
+        start = None
+        async with asyncio.timeout(5):
+            while start is None:
+                msg = (await ws.receive()).json()
+                if msg["type"] == "StasisStart":
+                    start = msg
+    assert (start["channel"]["id"], start["args"]) == ("digits", ["human", "5550100"])
+    assert "plus" not in server.live_channel_ids()
+    assert server.amd_verdicts.get("plus") is None
 
 
 # ----- 2. resync: lost StasisStart and PlaybackFinished ------------------------------------
@@ -154,7 +166,8 @@ async def test_agent_answering_during_an_outage_is_bridged_after_the_resync(
 async def test_playback_ending_during_an_outage_still_hangs_up(server: AriServer, tel: Tel) -> None:
     telephony, rec = tel
     call_id = await answered_call(tel)
-    await telephony.play_and_hangup(call_id, "beep")  # 0.3 emulated seconds: 3 ms
+    # 5 emulated seconds: it ends 50 ms later, inside the outage (a reconnect takes >= 150 ms)
+    await telephony.play_and_hangup(call_id, "tt-monkeys")
     await outage(server, rec)
     hangup = await rec.first(CallEventKind.HANGUP, call_id, timeout=3)
     assert hangup.outcome is Outcome.HUMAN
@@ -344,29 +357,47 @@ async def test_attended_transfer_whose_completion_fails_returns_the_customer(
     server.inject_fault("POST", "/addChannel", status=500)  # adding the target fails
     with pytest.raises(TelephonyError):
         await telephony.attended_transfer(call_id, "Local/1003@agents")
-    assert not server.moh_active(call_id)
+    await assert_back_with_the_agent(server, rec, call_id)
     assert server.bridge_members(call_id) == [agent_leg]
-    assert not any(".consult" in c for c in server.live_channel_ids())
     kinds = rec.kinds(call_id)
     assert kinds.index(CallEventKind.HELD) < kinds.index(CallEventKind.UNHELD)
     assert CallEventKind.TRANSFERRED not in kinds
     await telephony.hangup(call_id)
 
 
-@pytest.mark.parametrize("target", ["Local/9003@agents", "Local/2003@agents"])
-async def test_attended_transfer_to_a_target_that_does_not_answer_raises(
-    server: AriServer, tel: Tel, target: str
-) -> None:
-    telephony, rec = tel
-    telephony.transfer_timeout_s = 0.005  # 2XXX rings for 20 ms: longer than that
-    call_id = await connected_call(tel)
-    (agent_leg,) = server.bridge_members(call_id)
-    with pytest.raises(TelephonyError, match="did not answer"):
-        await telephony.attended_transfer(call_id, target)
+async def assert_back_with_the_agent(server: AriServer, rec: Recorder, call_id: str) -> None:
+    """After a failed attended transfer: no music, with the agent again, no consult leg."""
     assert not server.moh_active(call_id)
-    await rec.until(lambda _: server.bridge_members(call_id) == [agent_leg])
+    await rec.until(lambda _: len(server.bridge_members(call_id)) == 1)
+    assert ".agent" in server.bridge_members(call_id)[0]
     await rec.until(lambda _: not any(".consult" in c for c in server.live_channel_ids()))
+
+
+async def test_attended_transfer_to_a_busy_target_raises(server: AriServer, tel: Tel) -> None:
+    telephony, rec = tel
+    call_id = await connected_call(tel)
+    with pytest.raises(TelephonyError, match="did not answer"):
+        await telephony.attended_transfer(call_id, "Local/9003@agents")  # 9XXX: busy
+    await assert_back_with_the_agent(server, rec, call_id)
     await telephony.hangup(call_id)
+
+
+async def test_attended_transfer_to_a_target_that_rings_too_long_raises() -> None:
+    # 1 emulated second = 100 ms: a 2XXX target rings 200 ms, four times the wait allowed.
+    async with (
+        AriServer(time_scale=0.1, population=POPULATION, seed=7) as server,
+        AriTelephony(
+            f"http://127.0.0.1:{server.port}", "dialer", "dialer", transfer_timeout_s=0.05
+        ) as telephony,
+    ):
+        rec = Recorder(telephony)
+        reader = asyncio.create_task(rec.run())
+        call_id = await connected_call((telephony, rec))
+        with pytest.raises(TelephonyError, match="did not answer"):
+            await telephony.attended_transfer(call_id, "Local/2003@agents")
+        await assert_back_with_the_agent(server, rec, call_id)
+        await telephony.hangup(call_id)
+        reader.cancel()
 
 
 # ----- 9 and 11. inbound calls are followed beyond Stasis; the emulator is faithful ----------
@@ -378,11 +409,7 @@ async def test_inbound_call_leaving_stasis_is_followed_until_it_ends(server: Ari
         rec = Recorder(tel)
         reader = asyncio.create_task(rec.run())
         rest = AriRestClient(session, f"http://127.0.0.1:{server.port}", api_key="dialer:dialer")
-        # Not ours: a call that reaches Stasis(dialer, ...) from the dialplan.
-        await rest.originate(
-            "Local/5550500@sim-customers", context="dialer-amd", extension="5550500",
-            channel_id="in1",
-        )  # fmt: skip
+        await through_dialer_amd(rest, "5550500", "in1")
         await rec.first(CallEventKind.INBOUND, "in1")
         await rec.until(lambda _: server.requests[("POST", "/applications/dialer/subscription")])
         await asyncio.sleep(0.05)
@@ -409,39 +436,32 @@ def test_unsubscribed_inbound_leg_ends_when_it_leaves_stasis() -> None:
 async def test_emulator_sends_nothing_after_stasis_end_unless_subscribed(
     server: AriServer,
 ) -> None:
-    async with aiohttp.ClientSession() as session:
-        rest = AriRestClient(session, f"http://127.0.0.1:{server.port}", api_key="dialer:dialer")
-        async with session.ws_connect(
-            f"http://127.0.0.1:{server.port}/ari/events?app=dialer&api_key=dialer:dialer"
-        ) as ws:
+    async with another_client(server) as (rest, ws):
 
-            async def types_until(kind: str, channel_id: str) -> list[str]:
-                seen: list[str] = []
-                async with asyncio.timeout(5):
-                    while kind not in seen:
+        async def types_until(kind: str, channel_id: str) -> list[str]:
+            seen: list[str] = []
+            async with asyncio.timeout(5):
+                while kind not in seen:
+                    msg = (await ws.receive()).json()
+                    if msg.get("channel", {}).get("id") == channel_id:
+                        seen.append(msg["type"])
+            return seen
+
+        for channel_id, subscribe in (("plain", False), ("followed", True)):
+            await through_dialer_amd(rest, "5550500", channel_id)
+            await types_until("StasisStart", channel_id)
+            if subscribe:
+                await rest.subscribe("dialer", [f"channel:{channel_id}"])
+            await rest.continue_in_dialplan(channel_id, context="agents", extension="1001")
+            await types_until("StasisEnd", channel_id)
+            await rest.hangup(channel_id)
+            if subscribe:
+                assert "ChannelDestroyed" in await types_until("ChannelDestroyed", channel_id)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.2):
                         msg = (await ws.receive()).json()
-                        if msg.get("channel", {}).get("id") == channel_id:
-                            seen.append(msg["type"])
-                return seen
-
-            for channel_id, subscribe in (("plain", False), ("followed", True)):
-                await rest.originate(
-                    "Local/5550500@sim-customers", context="dialer-amd", extension="5550500",
-                    channel_id=channel_id,
-                )  # fmt: skip
-                await types_until("StasisStart", channel_id)
-                if subscribe:
-                    await rest.subscribe("dialer", [f"channel:{channel_id}"])
-                await rest.continue_in_dialplan(channel_id, context="agents", extension="1001")
-                await types_until("StasisEnd", channel_id)
-                await rest.hangup(channel_id)
-                if subscribe:
-                    assert "ChannelDestroyed" in await types_until("ChannelDestroyed", channel_id)
-                else:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(0.2):
-                            msg = (await ws.receive()).json()
-                            assert msg.get("channel", {}).get("id") != channel_id, msg
+                        assert msg.get("channel", {}).get("id") != channel_id, msg
 
 
 # ----- 10. an agent who answers after the customer left ---------------------------------------
