@@ -243,6 +243,33 @@ async def scenario_attended_transfer(
     assert hangup.outcome is Outcome.HUMAN
 
 
+async def scenario_attended_transfer_refused(
+    tel: Telephony, rec: Recorder, endpoint: Endpoint, agent: str, target: str
+) -> None:
+    """A consult target that does not answer (busy): `attended_transfer` raises, and the
+    customer is neither transferred nor left on hold; the agent still has the call."""
+    await connected_call(tel, rec, "att-2", endpoint("+15551230505"), agent)
+    try:
+        await tel.attended_transfer("att-2", target)
+    except TelephonyError:
+        pass
+    else:
+        raise AssertionError("an attended transfer to a busy target must raise")
+    assert rec.first("att-2", CallEventKind.TRANSFERRED) is None
+    assert not rec.ended("att-2")
+    await rec.until(lambda: rec.count("att-2", CallEventKind.UNHELD) >= 1)
+    music = [k for k in rec.kinds("att-2") if k in (CallEventKind.HELD, CallEventKind.UNHELD)]
+    assert music[-1] is CallEventKind.UNHELD, music
+    # Still with the agent: a hold round trip works (on AMI it needs the agent leg).
+    unheld = rec.count("att-2", CallEventKind.UNHELD)
+    await tel.hold("att-2")
+    await tel.unhold("att-2")
+    await rec.until(lambda: rec.count("att-2", CallEventKind.UNHELD) > unheld)
+    await tel.hangup("att-2")
+    hangup = await rec.until_event("att-2", CallEventKind.HANGUP)
+    assert hangup.outcome is Outcome.HUMAN
+
+
 async def scenario_hold(tel: Telephony, rec: Recorder, endpoint: Endpoint, agent: str) -> None:
     await connected_call(tel, rec, "hold-1", endpoint("+15551230504"), agent)
     await tel.hold("hold-1")

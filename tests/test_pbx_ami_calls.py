@@ -957,3 +957,50 @@ async def test_atxfer_through_paceline_transfer_bridges_the_customer_with_the_ta
         await c.action("Hangup", "h2", Channel=root)
         await c.quiet(0.4)
         assert s.channels == {}
+
+
+def captured_13c(direction: str) -> list[AmiMessage]:
+    """The AMI side of capture 13c (Atxfer, then CancelAtxfer)."""
+    path = TRANSCRIPTS / "ari" / "13c_ari_channelhold_subscribed_atxfer.ami.jsonl"
+    out: list[AmiMessage] = []
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record["dir"] == direction:
+            parser = AmiParser(expect_banner=False)
+            out += [f for f in parser.feed(record["raw"].encode()) if isinstance(f, AmiMessage)]
+    return out
+
+
+@pytest.mark.parametrize("target", ["2002", "1002"])  # cancelled while ringing / when answered
+async def test_cancel_atxfer_sends_the_abort_code_and_returns_the_transferer(target: str) -> None:
+    rx = captured_13c("rx")
+    reply = next(m for m in rx if m.action_id == "cancelatxfer-1")
+    # On the transferer: `*2` and the extension (Atxfer), then `*1` (CancelAtxfer).
+    digits = [m for m in rx if m.event == "DTMFEnd" and m.get("Uniqueid") == "1795428708.446"]
+    assert "".join(m["Digit"] for m in digits) == "*21002*1"
+    async with running(time_scale=SCALE, population=population()) as s:
+        c = await login(s)
+        root = (await originate(c, "500", "o"))["Channel"]
+        enter = await connect_agent(c, root, "Local/1001@agents", "x")
+        agent, original = enter["Channel"], enter["BridgeUniqueid"]
+        await c.action("Atxfer", "ax", Channel=agent, Context="agents", Exten=target)
+        dial = await c.until("DialBegin", Channel=agent)
+        dtmf = [m for m in c.seen if m.event == "DTMFEnd" and m["Channel"] == agent]
+        assert "".join(m["Digit"] for m in dtmf) == "*2" + target
+        assert keys(dtmf[0]) == keys(digits[0])
+        if target.startswith("1"):
+            await c.until("BridgeEnter", Channel=dial["DestChannel"])
+        r = await c.action("CancelAtxfer", "cancelatxfer-1", Channel=agent)
+        assert list(r.pairs) == list(reply.pairs)
+        back = await c.until("BridgeEnter", Channel=agent, BridgeUniqueid=original)
+        sent = [m for m in c.seen if m.event == "DTMFEnd" and m["Channel"] == agent][-2:]
+        assert [(m["Digit"], m["DurationMs"], m["Direction"]) for m in sent] == [
+            (m["Digit"], m["DurationMs"], m["Direction"]) for m in digits[-2:]
+        ]
+        assert back["BridgeNumChannels"] == "2"
+        await c.until("MusicOnHoldStop", Channel=root)
+        await c.until("Hangup", Channel=dial["DestChannel"])
+        assert not [m for m in c.seen if m.event == "AttendedTransfer"]
+        assert {root, agent} <= set(s.channels)
+        bad = await c.action("CancelAtxfer", "cx", Channel="Local/nobody-1;1")
+        assert bad["Message"] == "Channel specified does not exist"

@@ -27,7 +27,7 @@ def customer(number: str) -> str:
 async def _ami() -> AsyncIterator[Telephony]:
     async with (
         AmiServer(population=sc.scenario_population(), seed=3, time_scale=SCALE) as pbx,
-        AmiTelephony("127.0.0.1", pbx.port, "dialer", "dialer") as tel,
+        AmiTelephony("127.0.0.1", pbx.port, "dialer", "dialer", transfer_timeout=2.0) as tel,
     ):
         yield tel
 
@@ -36,7 +36,9 @@ async def _ami() -> AsyncIterator[Telephony]:
 async def _ari() -> AsyncIterator[Telephony]:
     async with (
         AriServer(population=sc.scenario_population(), seed=3, time_scale=SCALE) as pbx,
-        AriTelephony(f"http://127.0.0.1:{pbx.port}", "dialer", "dialer", app="paceline") as tel,
+        AriTelephony(
+            f"http://127.0.0.1:{pbx.port}", "dialer", "dialer", transfer_timeout_s=2.0
+        ) as tel,
     ):
         yield tel
 
@@ -68,6 +70,10 @@ async def test_blind_transfer(tel: tuple[Telephony, sc.Recorder]) -> None:
 
 async def test_attended_transfer(tel: tuple[Telephony, sc.Recorder]) -> None:
     await sc.scenario_attended_transfer(*tel, customer, "Local/1001@agents", "1002")
+
+
+async def test_attended_transfer_to_a_busy_target(tel: tuple[Telephony, sc.Recorder]) -> None:
+    await sc.scenario_attended_transfer_refused(*tel, customer, "Local/1001@agents", "9002")
 
 
 async def test_hold_and_unhold(tel: tuple[Telephony, sc.Recorder]) -> None:

@@ -13,7 +13,8 @@ Actions (names case-insensitive; before login all but Login/Logoff are `Permissi
   Priority (number or label). Emits no BlindTransfer event.
 - BlindTransfer Channel=<transferer: the agent leg>, Context, Exten: its bridge peer moves.
 - Atxfer Channel=<transferer: the agent leg>, Context, Exten; Hangup of the transferer after
-  the target answered completes it (`AttendedTransfer`).
+  the target answered completes it (`AttendedTransfer`). CancelAtxfer Channel=<transferer>
+  sends the atxferabort code (`*1`) and gives the transferer back to the transferee.
 - Bridge Channel1, Channel2, Tone. PlayDTMF Channel, Digit, Duration. Getvar/Setvar (no Channel:
   a global). Status [Channel, Variables]. CoreShowChannels. QueueStatus/QueueSummary [Queue].
   Events EventMask=on|off|<classes>. Ping. Logoff.
@@ -83,6 +84,7 @@ ACTION_CLASSES: dict[str, frozenset[str]] = {
     "redirect": frozenset({"call"}),
     "blindtransfer": frozenset({"call"}),
     "atxfer": frozenset({"call"}),
+    "cancelatxfer": frozenset({"call"}),
     "bridge": frozenset({"call"}),
     "getvar": frozenset({"call", "reporting"}),
     "setvar": frozenset({"call"}),
@@ -357,6 +359,7 @@ class AmiServer:
             "redirect": self._redirect,
             "blindtransfer": self._blind_transfer,
             "atxfer": self._atxfer,
+            "cancelatxfer": self._cancel_atxfer,
             "bridge": self._bridge,
             "getvar": self._getvar,
             "setvar": self._setvar,
@@ -564,6 +567,18 @@ class AmiServer:
         context = req.get("Context") or ch.vars.get("TRANSFER_CONTEXT") or ch.context
         self._ok(session, req, "Atxfer successfully queued")
         self.pbx.atxfer(ch, context, exten)
+
+    def _cancel_atxfer(self, session: _Session, req: AmiMessage) -> None:
+        name = req.get("Channel") or ""
+        if not name:
+            self._error(session, req, "No channel specified")
+            return
+        ch = self.pbx.find(name)
+        if ch is None:
+            self._error(session, req, "Channel specified does not exist")
+            return
+        self._ok(session, req, "CancelAtxfer successfully queued")
+        self.pbx.cancel_atxfer(ch)
 
     def _bridge(self, session: _Session, req: AmiMessage) -> None:
         name1, name2 = req.get("Channel1") or "", req.get("Channel2") or ""

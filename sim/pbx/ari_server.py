@@ -532,14 +532,13 @@ class AriServer:
     def _handle(self, request: web.Request, parts: list[str], raw: bytes) -> web.StreamResponse:
         try:
             body: dict[str, Any] = {}
-            if raw:
-                if raw.strip():
-                    try:
-                        parsed = json.loads(raw)
-                    except ValueError:
-                        raise AriError(400, "Error parsing request body") from None
-                    if isinstance(parsed, dict):
-                        body = parsed
+            if raw.strip():
+                try:
+                    parsed = json.loads(raw)
+                except ValueError:
+                    raise AriError(400, "Error parsing request body") from None
+                if isinstance(parsed, dict):
+                    body = parsed
             params: dict[str, Any] = dict(request.query)
             for k, v in body.items():
                 if k != "variables" and isinstance(v, str | int | float):

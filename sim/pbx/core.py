@@ -266,6 +266,10 @@ DIALPLAN: dict[str, list[tuple[str, list[Step]]]] = {
 }
 
 CUSTOMER_CONTEXT = "sim-customers"
+#: features.conf `atxfer` (the reference config) and `atxferabort` (Asterisk's default): what
+#: the Atxfer and CancelAtxfer actions send as DTMF.
+ATXFER_CODE = "*2"
+ATXFER_ABORT = "*1"
 _VAR = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
 
 
@@ -1196,6 +1200,10 @@ class Pbx:
     def atxfer(self, transferer: Channel, context: str, exten: str) -> None:
         """Atxfer with `atxfer => *2`: the peer hears MOH, a consult leg dials context/exten;
         the transfer completes when the transferer hangs up after the target answered."""
+        # Asterisk queues the feature code and the extension as DTMF frames on the
+        # transferer (DTMFEnd only, 0 ms: capture 13c), whatever happens next.
+        for digit in ATXFER_CODE + exten:
+            self._dtmf(transferer, digit, 0, "Received", True)
         bridge = transferer.bridge
         peers = [m for m in bridge.members if m is not transferer] if bridge else []
         if bridge is None or not peers or transferer.consult is not None:
@@ -1213,6 +1221,26 @@ class Pbx:
             self._abort_atxfer(transferer, consult)
             return
         consult.target = target
+
+    def cancel_atxfer(self, transferer: Channel) -> None:
+        """CancelAtxfer: the atxferabort feature code arrives as DTMF on the transferer
+        (DTMFEnd only, 0 ms, as in capture 13c); the transferer leaves the consult, rejoins
+        the transferee (whose music stops) and the target is hung up. Without a consult in
+        progress only the digits are seen."""
+        for digit in ATXFER_ABORT:
+            self._dtmf(transferer, digit, 0, "Received", True)
+        consult = transferer.consult
+        if consult is None:
+            return
+        transferer.consult = None  # the target's end must not abort a second time
+        consult.original.held = False
+        if consult.bridge is not None and transferer.bridge is consult.bridge:
+            self._leave_bridge(transferer, dissolve=False)
+        if consult.transferee.alive and consult.original.uniqueid in self.bridges:
+            self._enter(consult.original, transferer)
+        self.moh_stop(consult.transferee)
+        if consult.target is not transferer and consult.target.alive:
+            self.hangup(consult.target, 16, source="internal")
 
     def _abort_atxfer(self, transferer: Channel, consult: Consult) -> None:
         """The consult failed: back to the original bridge, MOH off."""
