@@ -246,11 +246,14 @@ async def scenario_attended_transfer(
 async def scenario_attended_transfer_refused(
     tel: Telephony, rec: Recorder, endpoint: Endpoint, agent: str, target: str
 ) -> None:
-    """A consult target that does not answer (busy): `attended_transfer` raises, and the
-    customer is neither transferred nor left on hold; the agent still has the call."""
+    """A consult target that does not answer (busy): `attended_transfer` raises as soon as
+    the consult fails (not after the backend's 30 s transfer timeout, with the customer on
+    hold all along), and the customer is neither transferred nor left on hold; the agent
+    still has the call."""
     await connected_call(tel, rec, "att-2", endpoint("+15551230505"), agent)
     try:
-        await tel.attended_transfer("att-2", target)
+        async with asyncio.timeout(5):
+            await tel.attended_transfer("att-2", target)
     except TelephonyError:
         pass
     else:

@@ -27,7 +27,7 @@ def customer(number: str) -> str:
 async def _ami() -> AsyncIterator[Telephony]:
     async with (
         AmiServer(population=sc.scenario_population(), seed=3, time_scale=SCALE) as pbx,
-        AmiTelephony("127.0.0.1", pbx.port, "dialer", "dialer", transfer_timeout=2.0) as tel,
+        AmiTelephony("127.0.0.1", pbx.port, "dialer", "dialer") as tel,
     ):
         yield tel
 
@@ -36,9 +36,7 @@ async def _ami() -> AsyncIterator[Telephony]:
 async def _ari() -> AsyncIterator[Telephony]:
     async with (
         AriServer(population=sc.scenario_population(), seed=3, time_scale=SCALE) as pbx,
-        AriTelephony(
-            f"http://127.0.0.1:{pbx.port}", "dialer", "dialer", transfer_timeout_s=2.0
-        ) as tel,
+        AriTelephony(f"http://127.0.0.1:{pbx.port}", "dialer", "dialer", app="paceline") as tel,
     ):
         yield tel
 

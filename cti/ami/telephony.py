@@ -425,18 +425,36 @@ class AmiTelephony:
             call_id=call_id,
         )
 
+        root = self.tracker.channel_of(call_id)
+        left = False  # the agent left the customer's bridge for the consult
+
         def consulting() -> bool:
             # The target answered and is in the agent's consult bridge. Bridge membership
             # alone is not enough: the consult leg may enter the bridge while it rings.
-            root = self.tracker.channel_of(call_id)
             peers = self.tracker.bridge_peers(agent, answered_only=True)
             return any(p != root for p in peers)
 
-        if not await self._wait_until(consulting, self._transfer_timeout):
+        def settled() -> bool:
+            # Consulting; or the consult failed (busy, rejected) and Asterisk put the agent
+            # back with the customer; or the customer hung up meanwhile.
+            nonlocal left
+            with_customer = root in self.tracker.bridge_peers(agent)
+            left = left or not with_customer
+            gone = self.tracker.channel_of(call_id) is None
+            return consulting() or (left and with_customer) or gone
+
+        if not await self._wait_until(settled, self._transfer_timeout):
             # Give the customer back to the agent rather than leave them on hold.
             with contextlib.suppress(TelephonyError):
                 await self._act("CancelAtxfer", ("Channel", agent))
             raise TelephonyError(f"attended transfer of {call_id!r}: {target} did not answer")
+        if self.tracker.channel_of(call_id) is None:
+            raise UnknownCall(f"attended transfer of {call_id!r}: the customer hung up")
+        if not consulting():
+            raise TelephonyError(
+                f"attended transfer of {call_id!r}: {target} did not answer",
+                detail="the consult call failed; the agent has the customer again",
+            )
         # The agent leaving completes the transfer: Asterisk joins the customer and the target.
         await self._act("Hangup", ("Channel", agent), ("Cause", "16"))
 
