@@ -67,9 +67,14 @@ def mixed_numbers(n: int) -> list[str]:
 
 @dataclass
 class Recorder:
-    """Reads a backend's event stream in the background and lets scenarios wait on it."""
+    """Reads a backend's event stream in the background and lets tests wait on it.
+
+    `events` holds every event in arrival order; `by_call` the same per call id and `backend`
+    the BACKEND_DOWN/UP ones. `until` re-checks its predicate on every event and at least
+    every 20 ms, so a predicate may also look at the emulator's state."""
 
     telephony: Telephony
+    events: list[CallEvent] = field(default_factory=list)
     by_call: dict[str, list[CallEvent]] = field(default_factory=lambda: defaultdict(list))
     backend: list[CallEvent] = field(default_factory=list)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -78,6 +83,7 @@ class Recorder:
     async def _run(self) -> None:
         stream: AsyncIterator[CallEvent] = self.telephony.events()
         async for event in stream:
+            self.events.append(event)
             if event.call_id:
                 self.by_call[event.call_id].append(event)
             else:
@@ -92,6 +98,9 @@ class Recorder:
                 yield self
             finally:
                 self._task.cancel()
+
+    def of(self, call_id: str, kind: CallEventKind | None = None) -> list[CallEvent]:
+        return [e for e in self.by_call.get(call_id, []) if kind is None or e.kind is kind]
 
     def kinds(self, call_id: str) -> list[CallEventKind]:
         return [e.kind for e in self.by_call.get(call_id, [])]
@@ -109,7 +118,8 @@ class Recorder:
         async def wait() -> None:
             while not predicate():
                 self._changed.clear()
-                await self._changed.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), 0.02)
 
         try:
             await asyncio.wait_for(wait(), timeout)
@@ -123,6 +133,11 @@ class Recorder:
         event = self.first(call_id, kind)
         assert event is not None
         return event
+
+    async def until_backend(self, kind: CallEventKind, timeout: float = 15.0) -> CallEvent:
+        """The first BACKEND_DOWN or BACKEND_UP event, once it has come."""
+        await self.until(lambda: any(e.kind is kind for e in self.backend), timeout)
+        return next(e for e in self.backend if e.kind is kind)
 
 
 Endpoint = Callable[[str], str]

@@ -24,11 +24,11 @@ from cti.redact import luhn_ok, mask_pan, redact
 from dialer.domain import Outcome
 from sim.pbx import core
 from sim.pbx.ari_server import AriServer
+from tests.telephony_scenarios import Recorder
 from tests.test_ari_telephony import (  # noqa: F401  (fixtures)
     CARD,
     POPULATION,
     SCALE,
-    Recorder,
     answered_call,
     customer,
     server,
@@ -43,8 +43,8 @@ Tel = tuple[AriTelephony, Recorder]
 async def outage(server: AriServer, rec: Recorder) -> None:
     """Drop the event socket now; return once the backend is up again (events were lost)."""
     server.drop_websockets()
-    await rec.first(CallEventKind.BACKEND_DOWN)
-    await rec.first(CallEventKind.BACKEND_UP, timeout=5)
+    await rec.until_backend(CallEventKind.BACKEND_DOWN)
+    await rec.until_backend(CallEventKind.BACKEND_UP, timeout=5)
 
 
 @contextlib.asynccontextmanager
@@ -72,7 +72,7 @@ async def connected_call(tel: Tel, agent: str = "Local/1001@agents") -> str:
     telephony, rec = tel
     call_id = await answered_call(tel)
     await telephony.connect_to_agent(call_id, agent)
-    await rec.first(CallEventKind.BRIDGED, call_id)
+    await rec.until_event(call_id, CallEventKind.BRIDGED)
     return call_id
 
 
@@ -117,13 +117,13 @@ async def test_amd_verdict_comes_back_to_our_app_for_e164_numbers(
     telephony, rec = tel
     request = customer(number, call_id=f"amd-{verdict}", amd=True)
     await telephony.originate(request)
-    amd = await rec.first(CallEventKind.AMD, request.call_id)
+    amd = await rec.until_event(request.call_id, CallEventKind.AMD)
     assert (amd.amd, server.amd_verdicts[request.call_id]) == (verdict, verdict)
     # Back in Stasis either way: the dialer, not the dialplan, decides what a machine gets.
-    await rec.until(lambda _: server.dialplan_location(request.call_id) is not None)
+    await rec.until(lambda: server.dialplan_location(request.call_id) is not None)
     assert not rec.of(request.call_id, CallEventKind.HANGUP)
     await telephony.hangup(request.call_id)
-    hangup = await rec.first(CallEventKind.HANGUP, request.call_id)
+    hangup = await rec.until_event(request.call_id, CallEventKind.HANGUP)
     assert hangup.outcome is Outcome(verdict.lower())
 
 
@@ -155,12 +155,12 @@ async def test_agent_answering_during_an_outage_is_bridged_after_the_resync(
     # 2XXX agents ring 2 emulated seconds (20 ms): they answer while the link is down.
     await telephony.connect_to_agent(call_id, "Local/2001@agents")
     await outage(server, rec)
-    bridged = await rec.first(CallEventKind.BRIDGED, call_id)
+    bridged = await rec.until_event(call_id, CallEventKind.BRIDGED)
     assert bridged.peer == "Local/2001@agents"
     members = server.bridge_members(call_id)
     assert len(members) == 1 and members[0].startswith(f"{call_id}.agent")
     await telephony.hangup(call_id)
-    await rec.until(lambda _: server.live_channel_ids() == [], timeout=3)
+    await rec.until(lambda: server.live_channel_ids() == [], timeout=3)
 
 
 async def test_playback_ending_during_an_outage_still_hangs_up(server: AriServer, tel: Tel) -> None:
@@ -169,7 +169,7 @@ async def test_playback_ending_during_an_outage_still_hangs_up(server: AriServer
     # 5 emulated seconds: it ends 50 ms later, inside the outage (a reconnect takes >= 150 ms)
     await telephony.play_and_hangup(call_id, "tt-monkeys")
     await outage(server, rec)
-    hangup = await rec.first(CallEventKind.HANGUP, call_id, timeout=3)
+    hangup = await rec.until_event(call_id, CallEventKind.HANGUP, timeout=3)
     assert hangup.outcome is Outcome.HUMAN
     assert call_id not in server.live_channel_ids()
 
@@ -181,12 +181,12 @@ async def test_agent_leg_gone_during_an_outage_unbridges_the_customer(
     call_id = await connected_call(tel)
     (agent_leg,) = server.bridge_members(call_id)
     server.drop_websockets()
-    await rec.first(CallEventKind.BACKEND_DOWN)
+    await rec.until_backend(CallEventKind.BACKEND_DOWN)
     async with aiohttp.ClientSession() as session:
         rest = AriRestClient(session, f"http://127.0.0.1:{server.port}", api_key="dialer:dialer")
         await rest.hangup(agent_leg)  # the agent hangs up while we cannot see it
-    await rec.first(CallEventKind.BACKEND_UP, timeout=5)
-    unbridged = await rec.first(CallEventKind.UNBRIDGED, call_id)
+    await rec.until_backend(CallEventKind.BACKEND_UP, timeout=5)
+    unbridged = await rec.until_event(call_id, CallEventKind.UNBRIDGED)
     assert unbridged.peer == "Local/1001@agents"
     await telephony.hangup(call_id)
 
@@ -285,14 +285,14 @@ async def test_resync_while_an_originate_is_in_flight_reports_no_false_hangup(
     server.inject_fault("POST", "/channels", before_s=0.8)
     request = customer("5550500", call_id="in-flight")
     placing = asyncio.create_task(telephony.originate(request))
-    await rec.until(lambda _: server.requests[("POST", "/channels")] == 1)
+    await rec.until(lambda: server.requests[("POST", "/channels")] == 1)
     await outage(server, rec)  # the snapshot cannot contain the call yet
     await placing
-    await rec.first(CallEventKind.ANSWERED, "in-flight", timeout=3)
+    await rec.until_event("in-flight", CallEventKind.ANSWERED, timeout=3)
     await asyncio.sleep(0.1)
     assert not rec.of("in-flight", CallEventKind.HANGUP)
     await telephony.hangup("in-flight")
-    hangup = await rec.first(CallEventKind.HANGUP, "in-flight")
+    hangup = await rec.until_event("in-flight", CallEventKind.HANGUP)
     assert hangup.cause == 16
 
 
@@ -306,7 +306,7 @@ async def test_connect_to_agent_retried_after_a_failed_add_bridges_the_customer(
     with pytest.raises(ServerError):
         await telephony.connect_to_agent(call_id, "Local/1001@agents")
     await telephony.connect_to_agent(call_id, "Local/1001@agents")
-    bridged = await rec.first(CallEventKind.BRIDGED, call_id)
+    bridged = await rec.until_event(call_id, CallEventKind.BRIDGED)
     assert bridged.peer == "Local/1001@agents"
     assert len(server.bridge_members(call_id)) == 1
     await telephony.hangup(call_id)
@@ -317,34 +317,34 @@ async def test_originate_that_took_although_its_answer_timed_out_is_followed(
     server: AriServer,
 ) -> None:
     server.inject_fault("POST", "/channels", after_s=1.0)
-    async with AriTelephony(
-        f"http://127.0.0.1:{server.port}", "dialer", "dialer", request_timeout_s=0.3
-    ) as telephony:
-        rec = Recorder(telephony)
-        reader = asyncio.create_task(rec.run())
+    async with (
+        AriTelephony(
+            f"http://127.0.0.1:{server.port}", "dialer", "dialer", request_timeout_s=0.3
+        ) as telephony,
+        Recorder(telephony).running() as rec,
+    ):
         await telephony.originate(customer("5550500", call_id="slow"))  # found by a lookup
-        await rec.first(CallEventKind.ANSWERED, "slow")
+        await rec.until_event("slow", CallEventKind.ANSWERED)
         await telephony.hangup("slow")
-        await rec.first(CallEventKind.HANGUP, "slow")
+        await rec.until_event("slow", CallEventKind.HANGUP)
         assert CallEventKind.INBOUND not in [e.kind for e in rec.events]
-        reader.cancel()
 
 
 async def test_originate_given_up_is_hung_up_if_it_takes_later(server: AriServer) -> None:
     server.inject_fault("POST", "/channels", before_s=0.6)
-    async with AriTelephony(
-        f"http://127.0.0.1:{server.port}", "dialer", "dialer", request_timeout_s=0.3
-    ) as telephony:
-        rec = Recorder(telephony)
-        reader = asyncio.create_task(rec.run())
+    async with (
+        AriTelephony(
+            f"http://127.0.0.1:{server.port}", "dialer", "dialer", request_timeout_s=0.3
+        ) as telephony,
+        Recorder(telephony).running() as rec,
+    ):
         with pytest.raises(BackendUnavailable):
             await telephony.originate(customer("5550500", call_id="late"))
         # The POST is carried out after we gave up: the call must not live on unseen, nor
         # be reported as an inbound caller.
-        await rec.until(lambda _: server.channels_created["late"] == 1, timeout=3)
-        await rec.until(lambda _: "late" not in server.live_channel_ids(), timeout=3)
+        await rec.until(lambda: server.channels_created["late"] == 1, timeout=3)
+        await rec.until(lambda: "late" not in server.live_channel_ids(), timeout=3)
         assert [e for e in rec.events if e.call_id == "late"] == []
-        reader.cancel()
 
 
 # ----- 8. attended transfer failures give the customer back to the agent ---------------------
@@ -368,9 +368,9 @@ async def test_attended_transfer_whose_completion_fails_returns_the_customer(
 async def assert_back_with_the_agent(server: AriServer, rec: Recorder, call_id: str) -> None:
     """After a failed attended transfer: no music, with the agent again, no consult leg."""
     assert not server.moh_active(call_id)
-    await rec.until(lambda _: len(server.bridge_members(call_id)) == 1)
+    await rec.until(lambda: len(server.bridge_members(call_id)) == 1)
     assert ".agent" in server.bridge_members(call_id)[0]
-    await rec.until(lambda _: not any(".consult" in c for c in server.live_channel_ids()))
+    await rec.until(lambda: not any(".consult" in c for c in server.live_channel_ids()))
 
 
 async def test_attended_transfer_to_a_busy_target_raises(server: AriServer, tel: Tel) -> None:
@@ -389,15 +389,13 @@ async def test_attended_transfer_to_a_target_that_rings_too_long_raises() -> Non
         AriTelephony(
             f"http://127.0.0.1:{server.port}", "dialer", "dialer", transfer_timeout_s=0.05
         ) as telephony,
+        Recorder(telephony).running() as rec,
     ):
-        rec = Recorder(telephony)
-        reader = asyncio.create_task(rec.run())
         call_id = await connected_call((telephony, rec))
         with pytest.raises(TelephonyError, match="did not answer"):
             await telephony.attended_transfer(call_id, "Local/2003@agents")
         await assert_back_with_the_agent(server, rec, call_id)
         await telephony.hangup(call_id)
-        reader.cancel()
 
 
 # ----- 9 and 11. inbound calls are followed beyond Stasis; the emulator is faithful ----------
@@ -405,21 +403,20 @@ async def test_inbound_call_leaving_stasis_is_followed_until_it_ends(server: Ari
     async with (
         AriTelephony(f"http://127.0.0.1:{server.port}", "dialer", "dialer", app="dialer") as tel,
         aiohttp.ClientSession() as session,
+        Recorder(tel).running() as rec,
     ):
-        rec = Recorder(tel)
-        reader = asyncio.create_task(rec.run())
-        rest = AriRestClient(session, f"http://127.0.0.1:{server.port}", api_key="dialer:dialer")
+        base = f"http://127.0.0.1:{server.port}"
+        rest = AriRestClient(session, base, api_key="dialer:dialer")
         await through_dialer_amd(rest, "5550500", "in1")
-        await rec.first(CallEventKind.INBOUND, "in1")
-        await rec.until(lambda _: server.requests[("POST", "/applications/dialer/subscription")])
+        await rec.until_event("in1", CallEventKind.INBOUND)
+        await rec.until(lambda: server.requests[("POST", "/applications/dialer/subscription")] > 0)
         await asyncio.sleep(0.05)
         await rest.continue_in_dialplan("in1", context="agents", extension="1001", priority=1)
         await asyncio.sleep(0.1)
         assert not rec.of("in1", CallEventKind.HANGUP)  # it left Stasis, it did not end
         await rest.hangup("in1", 17)
-        hangup = await rec.first(CallEventKind.HANGUP, "in1")
+        hangup = await rec.until_event("in1", CallEventKind.HANGUP)
         assert hangup.cause == 17
-        reader.cancel()
 
 
 def test_unsubscribed_inbound_leg_ends_when_it_leaves_stasis() -> None:
@@ -472,12 +469,12 @@ async def test_agent_dialled_while_the_customer_hangs_up_does_not_stay(
     call_id = await answered_call(tel)
     server.inject_fault("POST", "/channels", before_s=0.3)  # the agent's originate is slow
     connecting = asyncio.create_task(telephony.connect_to_agent(call_id, "Local/1001@agents"))
-    await rec.until(lambda _: server.requests[("POST", "/channels")] == 2)
+    await rec.until(lambda: server.requests[("POST", "/channels")] == 2)
     await telephony.hangup(call_id)
-    await rec.first(CallEventKind.HANGUP, call_id)
+    await rec.until_event(call_id, CallEventKind.HANGUP)
     with contextlib.suppress(TelephonyError):
         await connecting
-    await rec.until(lambda _: server.live_channel_ids() == [], timeout=3)
+    await rec.until(lambda: server.live_channel_ids() == [], timeout=3)
 
 
 async def test_agent_answering_after_the_customer_left_is_hung_up() -> None:
@@ -485,16 +482,14 @@ async def test_agent_answering_after_the_customer_left_is_hung_up() -> None:
     async with (
         AriServer(time_scale=0.1, population=POPULATION, seed=7) as server,
         AriTelephony(f"http://127.0.0.1:{server.port}", "dialer", "dialer") as telephony,
+        Recorder(telephony).running() as rec,
     ):
-        rec = Recorder(telephony)
-        reader = asyncio.create_task(rec.run())
         call_id = await answered_call((telephony, rec))
         await telephony.connect_to_agent(call_id, "Local/2001@agents")
         # The cleanup's DELETE of the ringing agent is lost (a stale 404): the agent's late
         # answer must still not leave it in Stasis with nobody.
         server.inject_fault("DELETE", ".agent", status=404)
         await telephony.hangup(call_id)
-        await rec.first(CallEventKind.HANGUP, call_id)
+        await rec.until_event(call_id, CallEventKind.HANGUP)
         assert any(".agent" in c for c in server.live_channel_ids())
-        await rec.until(lambda _: server.live_channel_ids() == [], timeout=3)
-        reader.cancel()
+        await rec.until(lambda: server.live_channel_ids() == [], timeout=3)

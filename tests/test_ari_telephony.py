@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
 
 from cti.ari import AriTelephony
-from cti.events import CallEvent, CallEventKind
+from cti.events import CallEventKind
 from cti.interface import (
     AuthenticationFailed,
     BackendUnavailable,
@@ -25,6 +24,7 @@ from cti.interface import (
 from dialer.domain import Outcome
 from sim.pbx.ari_server import AriServer
 from sim.population import CalleeKind, Override, deterministic_test_population
+from tests.telephony_scenarios import Recorder
 
 SCALE = 0.01  # 1 emulated second = 10 ms
 CARD = "4111111111111111#"
@@ -50,43 +50,6 @@ def expected_outcome(number: str) -> Outcome:
     return POPULATION.draw(number, random.Random(0)).outcome
 
 
-class Recorder:
-    """Consumes `events()` and lets a test wait for a condition on what arrived."""
-
-    def __init__(self, telephony: Telephony) -> None:
-        self.telephony = telephony
-        self.events: list[CallEvent] = []
-        self._changed = asyncio.Event()
-
-    async def run(self) -> None:
-        async for event in self.telephony.events():
-            self.events.append(event)
-            self._changed.set()
-
-    async def until(self, pred: Callable[[list[CallEvent]], bool], timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not pred(self.events):
-                self._changed.clear()
-                with contextlib.suppress(TimeoutError):  # re-check the emulator's state too
-                    await asyncio.wait_for(self._changed.wait(), 0.02)
-
-    async def first(
-        self, kind: CallEventKind, call_id: str = "", timeout: float = 5.0
-    ) -> CallEvent:
-        await self.until(lambda evs: any(self._match(e, kind, call_id) for e in evs), timeout)
-        return next(e for e in self.events if self._match(e, kind, call_id))
-
-    @staticmethod
-    def _match(e: CallEvent, kind: CallEventKind, call_id: str) -> bool:
-        return e.kind is kind and (not call_id or e.call_id == call_id)
-
-    def of(self, call_id: str, kind: CallEventKind | None = None) -> list[CallEvent]:
-        return [e for e in self.events if e.call_id == call_id and (kind is None or e.kind is kind)]
-
-    def kinds(self, call_id: str) -> list[CallEventKind]:
-        return [e.kind for e in self.of(call_id)]
-
-
 @pytest.fixture
 async def server() -> AsyncIterator[AriServer]:
     async with AriServer(time_scale=SCALE, population=POPULATION, seed=7) as srv:
@@ -95,22 +58,18 @@ async def server() -> AsyncIterator[AriServer]:
 
 @pytest.fixture
 async def tel(server: AriServer) -> AsyncIterator[tuple[AriTelephony, Recorder]]:
-    async with AriTelephony(
-        f"http://127.0.0.1:{server.port}",
-        "dialer",
-        "dialer",
-        app="paceline",
-        reconnect_initial_s=0.3,
-        reconnect_max_s=1.0,
-    ) as telephony:
-        recorder = Recorder(telephony)
-        task = asyncio.create_task(recorder.run())
-        try:
-            yield telephony, recorder
-        finally:
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
+    async with (
+        AriTelephony(
+            f"http://127.0.0.1:{server.port}",
+            "dialer",
+            "dialer",
+            app="paceline",
+            reconnect_initial_s=0.3,
+            reconnect_max_s=1.0,
+        ) as telephony,
+        Recorder(telephony).running() as recorder,
+    ):
+        yield telephony, recorder
 
 
 def customer(number: str, call_id: str | None = None, **kw: object) -> OriginateRequest:
@@ -129,7 +88,7 @@ async def answered_call(
     telephony, rec = tel
     request = customer(number, **kw)
     await telephony.originate(request)
-    await rec.first(CallEventKind.ANSWERED, request.call_id)
+    await rec.until_event(request.call_id, CallEventKind.ANSWERED)
     return request.call_id
 
 
@@ -146,8 +105,8 @@ async def test_200_calls_with_mixed_outcomes_each_reach_exactly_one_right_hangup
     await asyncio.gather(*(telephony.originate(customer(n, amd=True)) for n in numbers))
     ids = {f"call-{n}": n for n in numbers}
 
-    def all_done(evs: list[CallEvent]) -> bool:
-        return {e.call_id for e in evs if e.kind is CallEventKind.HANGUP} >= set(ids)
+    def all_done() -> bool:
+        return {e.call_id for e in rec.events if e.kind is CallEventKind.HANGUP} >= set(ids)
 
     await rec.until(all_done, timeout=20)
     wrong = []
@@ -175,9 +134,9 @@ async def test_replayed_originate_makes_no_second_call(
     await telephony.originate(request)  # e.g. retried after a lost response
     assert server.originate_requests[request.call_id] == 2
     assert server.channels_created[request.call_id] == 1
-    await rec.first(CallEventKind.ANSWERED, request.call_id)
+    await rec.until_event(request.call_id, CallEventKind.ANSWERED)
     await telephony.hangup(request.call_id)
-    await rec.first(CallEventKind.HANGUP, request.call_id)
+    await rec.until_event(request.call_id, CallEventKind.HANGUP)
     assert len(rec.of(request.call_id, CallEventKind.HANGUP)) == 1
 
 
@@ -188,14 +147,14 @@ async def test_answered_call_is_bridged_with_the_agent(
     telephony, rec = tel
     call_id = await answered_call(tel)
     await telephony.connect_to_agent(call_id, agent)
-    bridged = await rec.first(CallEventKind.BRIDGED, call_id)
+    bridged = await rec.until_event(call_id, CallEventKind.BRIDGED)
     assert bridged.peer == agent
     (agent_leg,) = server.bridge_members(call_id)
     assert agent_leg.startswith(f"{call_id}.agent")
     await telephony.hangup(call_id)
-    hangup = await rec.first(CallEventKind.HANGUP, call_id)
+    hangup = await rec.until_event(call_id, CallEventKind.HANGUP)
     assert (hangup.cause, hangup.outcome) == (16, Outcome.HUMAN)
-    await rec.until(lambda _: server.live_channel_ids() == [], timeout=2)  # agent leg dropped
+    await rec.until(lambda: server.live_channel_ids() == [], timeout=2)  # agent leg dropped
 
 
 async def test_busy_agent_reports_unbridged_with_the_cause(
@@ -204,11 +163,11 @@ async def test_busy_agent_reports_unbridged_with_the_cause(
     telephony, rec = tel
     call_id = await answered_call(tel)
     await telephony.connect_to_agent(call_id, "Local/9001@agents")
-    failed = await rec.first(CallEventKind.UNBRIDGED, call_id)
+    failed = await rec.until_event(call_id, CallEventKind.UNBRIDGED)
     assert (failed.peer, failed.cause) == ("Local/9001@agents", 17)
     assert CallEventKind.BRIDGED not in rec.kinds(call_id)
     await telephony.hangup(call_id)
-    await rec.first(CallEventKind.HANGUP, call_id)
+    await rec.until_event(call_id, CallEventKind.HANGUP)
 
 
 async def test_blind_transfer_drops_the_agent_and_bridges_the_target_in_stasis(
@@ -217,22 +176,22 @@ async def test_blind_transfer_drops_the_agent_and_bridges_the_target_in_stasis(
     telephony, rec = tel
     call_id = await answered_call(tel)
     await telephony.connect_to_agent(call_id, "Local/1001@agents")
-    await rec.first(CallEventKind.BRIDGED, call_id)
+    await rec.until_event(call_id, CallEventKind.BRIDGED)
     (agent_leg,) = server.bridge_members(call_id)
     await telephony.blind_transfer(call_id, "1002@agents")
-    transferred = await rec.first(CallEventKind.TRANSFERRED, call_id)
+    transferred = await rec.until_event(call_id, CallEventKind.TRANSFERRED)
     assert (transferred.target, transferred.detail) == ("1002@agents", "blind")
-    await rec.first(CallEventKind.UNBRIDGED, call_id)
-    await rec.until(lambda _: agent_leg not in server.live_channel_ids(), timeout=2)
+    await rec.until_event(call_id, CallEventKind.UNBRIDGED)
+    await rec.until(lambda: agent_leg not in server.live_channel_ids(), timeout=2)
     # The customer never left Stasis: it is bridged with the target, still in view.
-    await rec.until(lambda _: rec.kinds(call_id).count(CallEventKind.BRIDGED) == 2, timeout=2)
+    await rec.until(lambda: rec.kinds(call_id).count(CallEventKind.BRIDGED) == 2, timeout=2)
     bridged = rec.of(call_id, CallEventKind.BRIDGED)
     assert bridged[-1].peer == "Local/1002@agents"
     (new_leg,) = server.bridge_members(call_id)
     assert new_leg != agent_leg
     assert CallEventKind.HANGUP not in rec.kinds(call_id)
     await telephony.hangup(call_id)
-    hangup = await rec.first(CallEventKind.HANGUP, call_id)
+    hangup = await rec.until_event(call_id, CallEventKind.HANGUP)
     assert hangup.outcome is Outcome.HUMAN
 
 
@@ -242,10 +201,10 @@ async def test_attended_transfer_consults_then_moves_the_customer_to_the_target(
     telephony, rec = tel
     call_id = await answered_call(tel)
     await telephony.connect_to_agent(call_id, "Local/1001@agents")
-    await rec.first(CallEventKind.BRIDGED, call_id)
+    await rec.until_event(call_id, CallEventKind.BRIDGED)
     (agent_leg,) = server.bridge_members(call_id)
     await telephony.attended_transfer(call_id, "Local/2003@agents")
-    transferred = await rec.first(CallEventKind.TRANSFERRED, call_id)
+    transferred = await rec.until_event(call_id, CallEventKind.TRANSFERRED)
     assert transferred.target == "Local/2003@agents"
     (peer,) = server.bridge_members(call_id)
     assert peer.startswith(f"{call_id}.consult")
@@ -257,8 +216,8 @@ async def test_attended_transfer_consults_then_moves_the_customer_to_the_target(
     bridged = rec.of(call_id, CallEventKind.BRIDGED)
     assert [b.peer for b in bridged] == ["Local/1001@agents", "Local/2003@agents"]
     await telephony.hangup(call_id)
-    await rec.first(CallEventKind.HANGUP, call_id)
-    await rec.until(lambda _: server.live_channel_ids() == [], timeout=2)
+    await rec.until_event(call_id, CallEventKind.HANGUP)
+    await rec.until(lambda: server.live_channel_ids() == [], timeout=2)
 
 
 async def test_hold_and_unhold_use_moh_and_are_reported(
@@ -268,10 +227,10 @@ async def test_hold_and_unhold_use_moh_and_are_reported(
     call_id = await answered_call(tel)
     await telephony.hold(call_id)
     assert server.moh_active(call_id)
-    await rec.first(CallEventKind.HELD, call_id)
+    await rec.until_event(call_id, CallEventKind.HELD)
     await telephony.unhold(call_id)
     assert not server.moh_active(call_id)
-    await rec.first(CallEventKind.UNHELD, call_id)
+    await rec.until_event(call_id, CallEventKind.UNHELD)
     await telephony.hangup(call_id)
 
 
@@ -282,7 +241,7 @@ async def test_hangup_with_a_cause_reaches_asterisk(
     telephony, rec = tel
     call_id = await answered_call(tel)
     await telephony.hangup(call_id, cause)
-    hangup = await rec.first(CallEventKind.HANGUP, call_id)
+    hangup = await rec.until_event(call_id, CallEventKind.HANGUP)
     assert (hangup.cause, hangup.outcome) == (reason_cause, Outcome.HUMAN)
 
 
@@ -299,9 +258,9 @@ async def test_hangup_while_ringing_is_no_answer(tel: tuple[AriTelephony, Record
     telephony, rec = tel
     request = customer("5550019")
     await telephony.originate(request)
-    await rec.first(CallEventKind.RINGING, request.call_id)
+    await rec.until_event(request.call_id, CallEventKind.RINGING)
     await telephony.hangup(request.call_id)
-    hangup = await rec.first(CallEventKind.HANGUP, request.call_id)
+    hangup = await rec.until_event(request.call_id, CallEventKind.HANGUP)
     assert (hangup.cause, hangup.outcome) == (16, Outcome.NO_ANSWER)
 
 
@@ -311,14 +270,14 @@ async def test_dtmf_both_ways_and_digits_never_logged(
     caplog.set_level(logging.DEBUG)
     telephony, rec = tel
     call_id = await answered_call(tel, "5550700")
-    await rec.until(lambda _: len(rec.of(call_id, CallEventKind.DTMF)) == len(CARD))
+    await rec.until(lambda: len(rec.of(call_id, CallEventKind.DTMF)) == len(CARD))
     assert "".join(e.digit or "" for e in rec.of(call_id, CallEventKind.DTMF)) == CARD
     await telephony.send_dtmf(call_id, "1234#")
     assert server.dtmf_sent[call_id] == "1234#"
     with pytest.raises(ValueError):
         await telephony.send_dtmf(call_id, "12x")
     await telephony.hangup(call_id)
-    await rec.first(CallEventKind.HANGUP, call_id)
+    await rec.until_event(call_id, CallEventKind.HANGUP)
     assert "4111111111111111" not in caplog.text
     assert "1234#" not in caplog.text
 
@@ -330,7 +289,7 @@ async def test_play_and_hangup_hangs_up_when_the_playback_ends(
     telephony, rec = tel
     call_id = await answered_call(tel)
     await telephony.play_and_hangup(call_id, sound)
-    hangup = await rec.first(CallEventKind.HANGUP, call_id)
+    hangup = await rec.until_event(call_id, CallEventKind.HANGUP)
     assert (hangup.cause, hangup.outcome) == (16, Outcome.HUMAN)
 
 
@@ -342,16 +301,16 @@ async def test_websocket_dropped_mid_campaign_reconnects_and_reports_every_end(
     await asyncio.gather(*(telephony.originate(customer(n, amd=True)) for n in numbers))
     await asyncio.sleep(0.01)
     server.drop_websockets()
-    await rec.first(CallEventKind.BACKEND_DOWN)
+    await rec.until_backend(CallEventKind.BACKEND_DOWN)
     assert not telephony.connected
     with pytest.raises(BackendUnavailable):
         await telephony.originate(customer("5559999"))
-    await rec.first(CallEventKind.BACKEND_UP, timeout=5)
+    await rec.until_backend(CallEventKind.BACKEND_UP, timeout=5)
     assert telephony.connected
     ids = [f"call-{n}" for n in numbers]
 
-    def all_done(evs: list[CallEvent]) -> bool:
-        return {e.call_id for e in evs if e.kind is CallEventKind.HANGUP} >= set(ids)
+    def all_done() -> bool:
+        return {e.call_id for e in rec.events if e.kind is CallEventKind.HANGUP} >= set(ids)
 
     await rec.until(all_done, timeout=20)
     resynced = 0
@@ -371,9 +330,9 @@ async def test_websocket_dropped_mid_campaign_reconnects_and_reports_every_end(
     assert down < up
     # the link works again
     await telephony.originate(customer("5550500", call_id="after"))
-    await rec.first(CallEventKind.ANSWERED, "after")
+    await rec.until_event("after", CallEventKind.ANSWERED)
     await telephony.hangup("after")
-    await rec.first(CallEventKind.HANGUP, "after")
+    await rec.until_event("after", CallEventKind.HANGUP)
 
 
 async def test_second_client_for_the_app_is_final_not_a_reconnect_loop(
@@ -386,7 +345,7 @@ async def test_second_client_for_the_app_is_final_not_a_reconnect_loop(
             f"http://127.0.0.1:{server.port}/ari/events?app=paceline&api_key=dialer:dialer"
         ),
     ):
-        down = await rec.first(CallEventKind.BACKEND_DOWN)
+        down = await rec.until_backend(CallEventKind.BACKEND_DOWN)
         assert "another ARI client" in down.detail
         await asyncio.sleep(0.5)
         assert not telephony.connected
@@ -452,7 +411,7 @@ async def test_malformed_frames_on_the_socket_are_skipped_and_calls_go_on(
         assert server.send_raw("paceline", frame)
     call_id = await answered_call(tel)
     await telephony.hangup(call_id)
-    await rec.first(CallEventKind.HANGUP, call_id)
+    await rec.until_event(call_id, CallEventKind.HANGUP)
     assert telephony.connected
 
 
@@ -463,7 +422,9 @@ async def test_password_changed_while_down_is_final(
     server.password = "rotated"
     server.drop_websockets()
     await rec.until(
-        lambda evs: any(e.kind is CallEventKind.BACKEND_DOWN and "401" in e.detail for e in evs),
+        lambda: any(
+            e.kind is CallEventKind.BACKEND_DOWN and "401" in e.detail for e in rec.backend
+        ),
         timeout=5,
     )
     assert not telephony.connected

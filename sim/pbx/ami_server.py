@@ -527,19 +527,28 @@ class AmiServer:
         self._ok(session, req, "Redirect successful")
         self.pbx.redirect(moves)
 
-    def _blind_transfer(self, session: _Session, req: AmiMessage) -> None:
+    def _transferer(
+        self, session: _Session, req: AmiMessage, *, needs_exten: bool = True
+    ) -> Channel | None:
+        """The `Channel` of a transfer action (and its `Exten` present), or None after the
+        error Asterisk's manager gives, checked in its order (captures 04b and 05a)."""
         name = req.get("Channel") or ""
-        exten = req.get("Exten") or ""
         if not name:
             self._error(session, req, "No channel specified")
-            return
-        if not exten:
+            return None
+        if needs_exten and not req.get("Exten"):
             self._error(session, req, "No extension specified")
-            return
+            return None
         ch = self.pbx.find(name)
         if ch is None:
             self._error(session, req, "Channel specified does not exist")
+        return ch
+
+    def _blind_transfer(self, session: _Session, req: AmiMessage) -> None:
+        ch = self._transferer(session, req)
+        if ch is None:
             return
+        exten = req.get("Exten") or ""
         context = req.get("Context") or ch.context
         if ch.bridge is None or len(ch.bridge.members) < 2:
             self._error(session, req, "Transfer invalid")
@@ -549,18 +558,10 @@ class AmiServer:
         self.pbx.blind_transfer(ch, context, exten)
 
     def _atxfer(self, session: _Session, req: AmiMessage) -> None:
-        name = req.get("Channel") or ""
-        exten = req.get("Exten") or ""
-        if not name:
-            self._error(session, req, "No channel specified")
-            return
-        if not exten:
-            self._error(session, req, "No extension specified")
-            return
-        ch = self.pbx.find(name)
+        ch = self._transferer(session, req)
         if ch is None:
-            self._error(session, req, "Channel specified does not exist")
             return
+        exten = req.get("Exten") or ""
         if not self.pbx.atxfer_feature:
             self._error(session, req, "No attended transfer feature code found")
             return
@@ -569,13 +570,8 @@ class AmiServer:
         self.pbx.atxfer(ch, context, exten)
 
     def _cancel_atxfer(self, session: _Session, req: AmiMessage) -> None:
-        name = req.get("Channel") or ""
-        if not name:
-            self._error(session, req, "No channel specified")
-            return
-        ch = self.pbx.find(name)
+        ch = self._transferer(session, req, needs_exten=False)
         if ch is None:
-            self._error(session, req, "Channel specified does not exist")
             return
         self._ok(session, req, "CancelAtxfer successfully queued")
         self.pbx.cancel_atxfer(ch)
