@@ -493,3 +493,40 @@ async def test_agent_answering_after_the_customer_left_is_hung_up() -> None:
         await rec.until_event(call_id, CallEventKind.HANGUP)
         assert any(".agent" in c for c in server.live_channel_ids())
         await rec.until(lambda: server.live_channel_ids() == [], timeout=3)
+
+
+async def test_originate_retried_after_giving_up_is_not_hung_up(server: AriServer) -> None:
+    server.inject_fault("POST", "/channels", before_s=0.6)
+    async with (
+        AriTelephony(
+            f"http://127.0.0.1:{server.port}", "dialer", "dialer", request_timeout_s=0.3
+        ) as telephony,
+        Recorder(telephony).running() as rec,
+    ):
+        request = customer("5550500", call_id="again")
+        with pytest.raises(BackendUnavailable):
+            await telephony.originate(request)
+        await telephony.originate(request)  # the dialer tries again with the same id
+        await rec.until_event("again", CallEventKind.ANSWERED)
+        await asyncio.sleep(0.8)  # the first POST has been carried out meanwhile (a 409)
+        assert server.channels_created["again"] == 1
+        assert "again" in server.live_channel_ids()
+        assert not rec.of("again", CallEventKind.HANGUP)
+        await telephony.hangup("again")
+        await rec.until_event("again", CallEventKind.HANGUP)
+
+
+async def test_failed_replay_of_a_live_originate_keeps_the_call(
+    server: AriServer, tel: Tel
+) -> None:
+    telephony, rec = tel
+    request = customer("5550500", call_id="live")
+    await telephony.originate(request)
+    await rec.until_event("live", CallEventKind.ANSWERED)
+    server.inject_fault("POST", "/channels", status=500)
+    with pytest.raises(ServerError):
+        await telephony.originate(request)
+    await telephony.hold("live")  # still a call we know
+    await telephony.hangup("live")
+    hangup = await rec.until_event("live", CallEventKind.HANGUP)
+    assert hangup.cause == 16

@@ -598,15 +598,19 @@ class AriTelephony:
         if len(self._disowned) > MAX_DISOWNED:
             del self._disowned[next(iter(self._disowned))]
 
-    async def _originate_leg(self, channel_id: str, endpoint: str, **kw: Any) -> None:
+    async def _originate_leg(
+        self, channel_id: str, endpoint: str, *, fresh: bool = True, **kw: Any
+    ) -> None:
         """`POST /channels` for a leg the tracker already expects, into our app.
 
         On success the leg is confirmed (it may be judged by the next resync). A 409 means
         the channel id exists: ours, from an earlier try, so it is success too. A failure
         without an answer (BackendUnavailable: timeout, reset) is ambiguous: the channel is
-        looked up, and only if it exists is this a success. Any other outcome disowns the id
-        and re-raises."""
+        looked up, and only if it exists is this a success. Any other outcome re-raises, and
+        disowns the id when this POST was its first (`fresh`; a failed replay of a live
+        call's originate leaves that call alone)."""
         assert self._rest is not None
+        self._disowned.pop(channel_id, None)  # tried again: a channel with this id is wanted
         self._posting.add(channel_id)
         try:
             try:
@@ -617,7 +621,8 @@ class AriTelephony:
                 if not await self._exists(channel_id):
                     raise
         except BaseException:
-            self._disown(channel_id)
+            if fresh:
+                self._disown(channel_id)
             raise
         finally:
             self._posting.discard(channel_id)
@@ -657,13 +662,15 @@ class AriTelephony:
             await self._originate_leg(
                 call_id,
                 request.endpoint,
+                fresh=fresh,
                 app_args=("customer", call_id),
                 caller_id=request.caller_id or None,
                 timeout_s=max(1, round(request.ring_timeout_s)),
                 variables=variables,
             )
         except BaseException:
-            self._amd_pending.discard(call_id)
+            if fresh:
+                self._amd_pending.discard(call_id)
             raise
         self._publish_all(self._tracker.mark_dialing(call_id))
 
@@ -686,7 +693,11 @@ class AriTelephony:
                 await rest.add_channel(bridge_id, [call_id])
             # Known only now: a retry must find the customer in it, and cleanup destroy it.
             self._bridges[call_id] = bridge_id
-            self._require_call(call_id)  # hung up meanwhile: cleanup already ran
+            if not self._tracker.is_live(call_id):  # hung up meanwhile: cleanup already ran
+                self._bridges.pop(call_id, None)
+                with contextlib.suppress(NotFound):
+                    await rest.destroy_bridge(bridge_id)
+                self._require_call(call_id)
         agent_id = f"{call_id}.agent{self._next()}"
         self._tracker.expect(agent_id, call_id, role=LegRole.AGENT, peer=agent_endpoint)
         self._agent_bridge[agent_id] = bridge_id
