@@ -233,6 +233,74 @@ class AriRestClient:
             params={"variable": variable, "value": value},
         )
 
+    # ----- recordings --------------------------------------------------------------------
+    async def record(
+        self,
+        channel_id: str,
+        name: str,
+        *,
+        format: str = "wav",
+        max_duration_s: int | None = None,
+        max_silence_s: int | None = None,
+        if_exists: str | None = None,
+        beep: bool | None = None,
+        terminate_on: str | None = None,
+    ) -> JsonObject:
+        """`POST /channels/{id}/record`: a LiveRecording in state `queued`; RecordingStarted,
+        then RecordingFinished or RecordingFailed, arrive as events. Asterisk cannot record a
+        bridged channel (the recording then fails): record the bridge instead."""
+        params = {
+            "name": name,
+            "format": format,
+            "maxDurationSeconds": max_duration_s,
+            "maxSilenceSeconds": max_silence_s,
+            "ifExists": if_exists,
+            "beep": beep,
+            "terminateOn": terminate_on,
+        }
+        return cast(
+            JsonObject,
+            await self.request("POST", f"/channels/{channel_id}/record", params=params),
+        )
+
+    async def record_bridge(
+        self, bridge_id: str, name: str, *, format: str = "wav", if_exists: str | None = None
+    ) -> JsonObject:
+        """`POST /bridges/{id}/record`: record everyone in the bridge (a connected call)."""
+        params = {"name": name, "format": format, "ifExists": if_exists}
+        return cast(
+            JsonObject, await self.request("POST", f"/bridges/{bridge_id}/record", params=params)
+        )
+
+    async def get_live_recording(self, name: str) -> JsonObject:
+        return cast(JsonObject, await self.request("GET", f"/recordings/live/{name}"))
+
+    async def stop_recording(self, name: str) -> None:
+        """Stop and keep the file."""
+        await self.request("POST", f"/recordings/live/{name}/stop")
+
+    async def cancel_recording(self, name: str) -> None:
+        """Stop and discard the file."""
+        await self.request("DELETE", f"/recordings/live/{name}")
+
+    async def pause_recording(self, name: str) -> None:
+        """Nothing is recorded until `unpause_recording` (e.g. while a card number is keyed
+        in); the pause leaves no gap marker. 409 `Conflict` when not recording."""
+        await self.request("POST", f"/recordings/live/{name}/pause")
+
+    async def unpause_recording(self, name: str) -> None:
+        await self.request("DELETE", f"/recordings/live/{name}/pause")
+
+    async def mute_recording(self, name: str) -> None:
+        """Record silence instead of the audio (the timeline is kept)."""
+        await self.request("POST", f"/recordings/live/{name}/mute")
+
+    async def unmute_recording(self, name: str) -> None:
+        await self.request("DELETE", f"/recordings/live/{name}/mute")
+
+    async def get_stored_recording(self, name: str) -> JsonObject:
+        return cast(JsonObject, await self.request("GET", f"/recordings/stored/{name}"))
+
     # ----- bridges -----------------------------------------------------------------------
     async def create_bridge(
         self, *, bridge_type: str = "mixing", bridge_id: str | None = None, name: str | None = None

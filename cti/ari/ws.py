@@ -58,6 +58,9 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
     "PlaybackFinished": ("playback",),
     "PlaybackContinuing": ("playback",),
     "Dial": ("peer",),
+    "RecordingStarted": ("recording",),
+    "RecordingFinished": ("recording",),
+    "RecordingFailed": ("recording",),
 }
 
 _OBJECT_FIELDS = frozenset({"channel", "bridge", "playback", "peer"})

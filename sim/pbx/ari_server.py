@@ -41,6 +41,15 @@ Simplifications (documented deviations):
 - the callee's hang-up is emulated as ChannelHangupRequest (cause 16) on the ;1 channel, which
   no capture shows (the captures only hang up from the app side).
 
+Recordings follow res_stasis_recording and ast_ari_channels_record() (Asterisk 20 source; no
+capture has one): `POST /channels/{id}/record` and `/bridges/{id}/record` answer 201 with a
+LiveRecording (`name`, `format`, `state`, `target_uri`) in state `queued`, then
+RecordingStarted; pause/unpause/mute/unmute send no event; stop, cancel, a hang-up, the
+`terminateOn` key or `maxDurationSeconds` end it with RecordingFinished (state `done`, also
+after a cancel, as Asterisk publishes it). A bridged channel's recording fails with
+RecordingFailed, cause `Cannot record channel while in bridge`. Stopped recordings are kept
+in `stored_recordings`.
+
 Test hooks: `channels_created` and `originate_requests` count per requested channelId,
 `dtmf_sent` keeps the digits the app sent to each channel, `amd_verdicts` the AMD results,
 `moh_active()`, `bridge_members()`, `dialplan_location()`; `drop_websockets()` closes every
@@ -214,6 +223,41 @@ class _Playback:
         return out
 
 
+@dataclass(slots=True)
+class _Recording:
+    """A live recording (res_stasis_recording): `state` queued -> recording (-> paused) ->
+    done / failed; `recorded_s` counts unpaused (emulated) seconds."""
+
+    name: str
+    format: str
+    target: str  # "channel:<id>" or "bridge:<id>"
+    terminate_on: str = ""  # "", "any", "*" or "#"
+    max_duration_s: float = 0.0
+    state: str = "queued"
+    muted: bool = False
+    recorded_s: float = 0.0
+    resumed_at: float | None = None  # monotonic time the current unpaused stretch began
+    timer: asyncio.TimerHandle | None = None
+
+    def json(self, cause: str = "") -> dict[str, Any]:
+        # Key order of stasis_app_recording_to_json(); duration once it is known.
+        out: dict[str, Any] = {
+            "name": self.name,
+            "format": self.format,
+            "state": self.state,
+            "target_uri": self.target,
+        }
+        if self.state in ("done", "canceled"):
+            out["duration"] = int(self.recorded_s)
+        if cause:
+            out["cause"] = cause
+        return out
+
+
+#: File formats the emulated Asterisk can record (ast_get_format_for_file_ext).
+RECORDING_FORMATS = frozenset({"wav", "wav16", "gsm", "ulaw", "alaw", "sln", "g722", "g729"})
+
+
 class _Socket:
     """One event WebSocket: a queue drained in order by the connection's own handler."""
 
@@ -280,6 +324,9 @@ class AriServer:
         self._channels: dict[str, _Chan] = {}
         self._bridges: dict[str, _Bridge] = {}
         self._playbacks: dict[str, _Playback] = {}
+        self._recordings: dict[str, _Recording] = {}  # live, by name
+        #: finished recordings by name (GET /recordings/stored/{name}); tests read it too
+        self.stored_recordings: dict[str, dict[str, Any]] = {}
         self._globals: dict[str, str] = {}
         self._seq = 0
         self._epoch = int(time.time())
@@ -450,6 +497,10 @@ class AriServer:
             post=post,
             channel_id=chan.id,
         )
+        if kind == "ChannelDtmfReceived" and mid is not None:
+            # The digit's event is published as the frame is read; then the recording
+            # that reads it (terminateOn) ends.
+            self._recording_dtmf(chan, str(mid.get("digit", "")))
 
     def _later(self, chan: _Chan, delay_s: float, fn: Callable[[], None]) -> None:
         loop = asyncio.get_running_loop()
@@ -559,6 +610,8 @@ class AriServer:
             return self._route_bridges(method, rest, q)
         if head == "playbacks":
             return self._route_playbacks(method, rest, q)
+        if head == "recordings":
+            return self._route_recordings(method, rest)
         if head == "asterisk":
             return self._route_asterisk(method, rest, q)
         if head == "applications":
@@ -616,6 +669,7 @@ class AriServer:
             ("POST", "dtmf"): self._dtmf,
             ("GET", "variable"): self._get_var,
             ("POST", "variable"): self._set_var,
+            ("POST", "record"): self._record_channel,
         }
         handler = handlers.get((method, sub))
         if handler is None:
@@ -961,6 +1015,8 @@ class AriServer:
             self._chan_event("ChannelHangupRequest", chan, pre=pre)
         for pb in [p for p in self._playbacks.values() if p.channel_id == chan.id]:
             self._finish_playback(pb, "failed")
+        for rec in [r for r in self._recordings.values() if r.target == f"channel:{chan.id}"]:
+            self._finish_recording(rec, "done")  # a hang-up ends the recording, kept
         self._leave_stasis(chan)
         if chan.state != "Up" and soft and not chan.half:
             dialstring = f"{chan.exten}@{chan.context}" if chan.tech == "Local" else chan.name
@@ -1142,6 +1198,152 @@ class AriServer:
         pb.state = state
         self._pb_event("PlaybackFinished", pb)
 
+    # ----- recordings --------------------------------------------------------------------
+    def _record_channel(self, channel_id: str, q: dict[str, Any]) -> web.Response:
+        """POST /channels/{id}/record, checked in the order of ast_ari_channels_record()."""
+        self._check_record_limits(q)
+        chan = self._stasis_chan(channel_id)
+        return self._new_recording(q, f"channel:{chan.id}")
+
+    def _record_bridge(self, bridge: _Bridge, q: dict[str, Any]) -> web.Response:
+        """POST /bridges/{id}/record: the bridge's mix, until stopped or the bridge ends."""
+        self._check_record_limits(q)
+        return self._new_recording(q, f"bridge:{bridge.id}")
+
+    @staticmethod
+    def _check_record_limits(q: dict[str, Any]) -> None:
+        for key in ("maxDurationSeconds", "maxSilenceSeconds"):
+            raw = str(q.get(key, "0"))
+            if raw.startswith("-"):
+                snake = "max_duration_seconds" if key.startswith("maxD") else "max_silence_seconds"
+                raise AriError(400, f"{snake} cannot be negative", reason="Bad Request")
+
+    def _new_recording(self, q: dict[str, Any], target: str) -> web.Response:
+        terminate = str(q.get("terminateOn") or "none").lower()
+        if terminate not in ("none", "any", "*", "#"):
+            raise AriError(400, "terminateOn invalid", reason="Bad Request")
+        if_exists = str(q.get("ifExists") or "fail").lower()
+        if if_exists not in ("fail", "overwrite", "append"):
+            raise AriError(400, "ifExists invalid", reason="Bad Request")
+        fmt = str(q.get("format") or "")
+        if fmt not in RECORDING_FORMATS:
+            raise AriError(
+                422, "specified format is unknown on this system", reason="Unprocessable Entity"
+            )
+        name = str(q.get("name") or "")
+        if not name:
+            raise AriError(500, "Error parsing request", reason="Internal Server Error")
+        if name in self._recordings or (if_exists == "fail" and name in self.stored_recordings):
+            raise AriError(
+                409, f"Recording '{name}' already exists and can not be overwritten"
+            )
+        duration = str(q.get("maxDurationSeconds") or "0")
+        rec = _Recording(
+            name=name,
+            format=fmt,
+            target=target,
+            terminate_on="" if terminate == "none" else terminate,
+            max_duration_s=float(duration) if duration.isdigit() else 0.0,
+        )
+        self._recordings[name] = rec
+        resp = self._json(201, rec.json())
+        resp.headers["Location"] = f"/recordings/live/{name}"
+        asyncio.get_running_loop().call_soon(self._start_recording, rec)
+        return resp
+
+    def _rec_event(self, kind: str, rec: _Recording, cause: str = "") -> None:
+        kind_of_target, _, ident = rec.target.partition(":")
+        if kind_of_target == "bridge":
+            bridge = self._bridges.get(ident)
+            apps = bridge.apps if bridge is not None else set(self._sockets)
+            ident = ""
+        else:
+            chan = self._channels.get(ident)
+            apps = chan.apps if chan is not None else set(self._sockets)
+        self._emit(kind, apps, objs={"recording": rec.json(cause)}, channel_id=ident)
+
+    def _start_recording(self, rec: _Recording) -> None:
+        if self._recordings.get(rec.name) is not rec or self._closing:
+            return
+        chan = self._channels.get(rec.target.partition(":")[2])
+        if rec.target.startswith("channel:") and chan is not None and chan.bridge is not None:
+            # record_file(): a bridged channel cannot be recorded (record the bridge).
+            self._recordings.pop(rec.name, None)
+            rec.state = "failed"
+            self._rec_event("RecordingFailed", rec, "Cannot record channel while in bridge")
+            return
+        rec.state = "recording"
+        rec.resumed_at = time.monotonic()
+        self._rec_event("RecordingStarted", rec)
+        if rec.max_duration_s > 0:
+            rec.timer = asyncio.get_running_loop().call_later(
+                rec.max_duration_s * self.time_scale, self._finish_recording, rec, "done"
+            )
+
+    def _recording_dtmf(self, chan: _Chan, digit: str) -> None:
+        for rec in list(self._recordings.values()):
+            wanted = rec.terminate_on == "any" or (digit and rec.terminate_on == digit)
+            if rec.target == f"channel:{chan.id}" and rec.state == "recording" and wanted:
+                self._finish_recording(rec, "done")
+
+    def _pause_clock(self, rec: _Recording) -> None:
+        if rec.resumed_at is not None:
+            elapsed = time.monotonic() - rec.resumed_at
+            rec.recorded_s += elapsed / self.time_scale if self.time_scale else 0.0
+            rec.resumed_at = None
+
+    def _finish_recording(self, rec: _Recording, state: str) -> None:
+        """End a live recording: RecordingFinished (stop, cancel, hang-up, terminateOn,
+        maxDurationSeconds). As in record_file(), the state published at the end is "done"
+        even after a cancel; only a stop (or an end) keeps the file."""
+        if self._recordings.pop(rec.name, None) is None:
+            return
+        if rec.timer is not None:
+            rec.timer.cancel()
+        self._pause_clock(rec)
+        rec.state = "done"
+        if state == "done":
+            self.stored_recordings[rec.name] = {"name": rec.name, "format": rec.format}
+        self._rec_event("RecordingFinished", rec)
+
+    def _route_recordings(self, method: str, rest: list[str]) -> web.Response:
+        if len(rest) >= 2 and rest[0] == "stored" and len(rest) == 2:
+            self._method(method, ("GET", "DELETE"))
+            stored = self.stored_recordings.get(rest[1])
+            if stored is None:
+                raise AriError(404, "Recording not found")
+            if method == "GET":
+                return self._json(200, stored)
+            del self.stored_recordings[rest[1]]
+            return self._no_content()
+        if len(rest) < 2 or rest[0] != "live" or len(rest) > 3:
+            raise AriError(404, "Resource not found")
+        rec = self._recordings.get(rest[1])
+        op = rest[2] if len(rest) == 3 else ""
+        allowed = {"": ("GET", "DELETE"), "stop": ("POST",), "pause": ("POST", "DELETE")}
+        allowed["mute"] = ("POST", "DELETE")
+        if op not in allowed:
+            raise AriError(404, "Resource not found")
+        self._method(method, allowed[op])
+        if rec is None:
+            raise AriError(404, "Recording not found")
+        if op == "" and method == "GET":
+            return self._json(200, rec.json())
+        if rec.state not in ("recording", "paused") and op in ("pause", "mute"):
+            # stasis_app_recording_operation(): only stop/cancel act on a queued recording.
+            raise AriError(409, "Recording not in session")
+        if op in ("", "stop"):
+            self._finish_recording(rec, "done" if op == "stop" else "canceled")
+        elif op == "pause" and method == "POST" and rec.state == "recording":
+            self._pause_clock(rec)
+            rec.state = "paused"
+        elif op == "pause" and method == "DELETE" and rec.state == "paused":
+            rec.state = "recording"
+            rec.resumed_at = time.monotonic()
+        elif op == "mute":
+            rec.muted = method == "POST"
+        return self._no_content()
+
     def _route_playbacks(self, method: str, rest: list[str], q: dict[str, Any]) -> web.Response:
         if not rest or len(rest) > 2:
             raise AriError(404, "Resource not found")
@@ -1188,9 +1390,14 @@ class AriServer:
         if len(rest) != 2:
             raise AriError(404, "Resource not found")
         sub = rest[1]
-        if sub not in ("addChannel", "removeChannel", "moh"):
+        if sub not in ("addChannel", "removeChannel", "moh", "record"):
             raise AriError(404, "Resource not found")
         bridge = self._bridges.get(bridge_id)
+        if sub == "record":
+            self._method(method, ("POST",))
+            if bridge is None:
+                raise AriError(404, "Bridge not found")
+            return self._record_bridge(bridge, q)
         if sub == "moh":
             self._method(method, ("POST", "DELETE"))
             if bridge is None:
@@ -1283,6 +1490,8 @@ class AriServer:
         )
 
     def _destroy_bridge(self, bridge: _Bridge) -> None:
+        for rec in [r for r in self._recordings.values() if r.target == f"bridge:{bridge.id}"]:
+            self._finish_recording(rec, "done")
         for cid in list(bridge.channels):
             chan = self._channels.get(cid)
             if chan is not None:
