@@ -357,12 +357,16 @@ async def test_drop_websockets_closes_sockets_while_calls_go_on(
 
 
 async def test_list_channels_and_variables(http: aiohttp.ClientSession) -> None:
+    # The app must be connected: an answered channel cannot enter an app that is not active.
+    ws = await http.ws_connect("/ari/events?app=dialer")
     async with http.post(
         "/ari/channels",
         params={"endpoint": "Local/1001@agents", "app": "dialer", "channelId": "agent-leg-1"},
         json={"variables": {"CAMPAIGN": "spring"}},
     ) as resp:
         assert resp.status == 200
+    while (await ws.receive_json())["type"] != "StasisStart":
+        pass
     async with http.get("/ari/channels") as resp:
         ids = [c["id"] for c in await resp.json()]
     assert ids == ["agent-leg-1", "agent-leg-1;2"]

@@ -40,9 +40,10 @@ DIALPLAN_FILE = ROOT / "docker" / "asterisk" / "extensions_paceline.conf"
 Tel = tuple[AriTelephony, Recorder]
 
 
-async def outage(server: AriServer, rec: Recorder) -> None:
-    """Drop the event socket now; return once the backend is up again (events were lost)."""
-    server.drop_websockets()
+async def outage(server: AriServer, rec: Recorder, *, noticed: bool = True) -> None:
+    """Drop the event socket now; return once the backend is up again (events were lost).
+    `noticed=False`: Asterisk keeps the app active meanwhile (see `drop_websockets`)."""
+    server.drop_websockets(noticed=noticed)
     await rec.until_backend(CallEventKind.BACKEND_DOWN)
     await rec.until_backend(CallEventKind.BACKEND_UP, timeout=5)
 
@@ -147,20 +148,38 @@ async def test_reference_dialer_amd_is_faithful_digits_only_and_app_dialer(
 
 
 # ----- 2. resync: lost StasisStart and PlaybackFinished ------------------------------------
-async def test_agent_answering_during_an_outage_is_bridged_after_the_resync(
+async def test_agent_answer_lost_in_an_unnoticed_outage_is_bridged_after_the_resync(
     server: AriServer, tel: Tel
 ) -> None:
     telephony, rec = tel
     call_id = await answered_call(tel)
-    # 2XXX agents ring 2 emulated seconds (20 ms): they answer while the link is down.
+    # 2XXX agents ring 2 emulated seconds (20 ms): they answer while the link is down, and
+    # enter Stasis (Asterisk has not noticed), but their StasisStart is lost.
     await telephony.connect_to_agent(call_id, "Local/2001@agents")
-    await outage(server, rec)
+    await outage(server, rec, noticed=False)
     bridged = await rec.until_event(call_id, CallEventKind.BRIDGED)
     assert bridged.peer == "Local/2001@agents"
     members = server.bridge_members(call_id)
     assert len(members) == 1 and members[0].startswith(f"{call_id}.agent")
     await telephony.hangup(call_id)
     await rec.until(lambda: server.live_channel_ids() == [], timeout=3)
+
+
+async def test_agent_answering_while_the_app_is_down_is_reported_lost(
+    server: AriServer, tel: Tel
+) -> None:
+    telephony, rec = tel
+    call_id = await answered_call(tel)
+    await telephony.connect_to_agent(call_id, "Local/2001@agents")
+    # Asterisk noticed: the answered agent cannot enter the app and is hung up.
+    await outage(server, rec)
+    unbridged = await rec.until_event(call_id, CallEventKind.UNBRIDGED)
+    assert unbridged.peer == "Local/2001@agents"
+    assert not any(".agent" in c for c in server.live_channel_ids())
+    assert not rec.ended(call_id)  # the customer is still there: connect someone else
+    await telephony.connect_to_agent(call_id, "Local/1001@agents")
+    await rec.until_event(call_id, CallEventKind.BRIDGED)
+    await telephony.hangup(call_id)
 
 
 async def test_playback_ending_during_an_outage_still_hangs_up(server: AriServer, tel: Tel) -> None:
@@ -530,3 +549,128 @@ async def test_failed_replay_of_a_live_originate_keeps_the_call(
     await telephony.hangup("live")
     hangup = await rec.until_event("live", CallEventKind.HANGUP)
     assert hangup.cause == 16
+
+
+# ----- a second review: what the first round of fixes still missed ----------------------------
+async def test_a_null_channel_list_on_resync_is_retried_not_fatal(
+    server: AriServer, tel: Tel
+) -> None:
+    telephony, rec = tel
+    server.inject_fault("GET", "/channels", body=b"null")  # a proxy's empty answer
+    await outage(server, rec)
+    assert telephony.connected
+    assert server.requests[("GET", "/channels")] >= 2
+
+
+async def test_resync_during_a_slow_play_lets_the_message_play(server: AriServer, tel: Tel) -> None:
+    telephony, rec = tel
+    call_id = await answered_call(tel)
+    server.inject_fault("POST", "/play", before_s=0.8)  # the snapshot cannot contain it yet
+    playing = asyncio.create_task(telephony.play_and_hangup(call_id, "beep"))
+    await rec.until(lambda: server.requests[("POST", f"/channels/{call_id}/play")] == 1)
+    await outage(server, rec)
+    await playing
+    await rec.until_event(call_id, CallEventKind.HANGUP)
+    finished = [k for app, k, c in server.event_log if k == "PlaybackFinished" and c == call_id]
+    assert finished, "the call was hung up before its message was played"
+
+
+async def test_a_failed_playback_check_after_a_resync_is_retried(
+    server: AriServer, tel: Tel
+) -> None:
+    telephony, rec = tel
+    call_id = await answered_call(tel)
+    await telephony.play_and_hangup(call_id, "tt-monkeys")  # ends inside the outage
+    server.inject_fault("GET", "/playbacks", status=500, times=2)
+    await outage(server, rec)
+    await rec.until_event(call_id, CallEventKind.HANGUP, timeout=5)
+    assert call_id not in server.live_channel_ids()
+
+
+async def test_a_transfer_that_fails_while_the_link_is_down_still_stops_the_music(
+    server: AriServer, tel: Tel
+) -> None:
+    telephony, rec = tel
+    telephony.transfer_timeout_s = 0.5
+    call_id = await connected_call(tel)
+    server.inject_fault("POST", "/channels", before_s=0.2)  # the consult POST is slow
+    transfer = asyncio.create_task(telephony.attended_transfer(call_id, "1002"))
+    await rec.until(lambda: server.moh_active(call_id))
+    server.inject_fault("GET", "/channels", status=500, times=1000)  # the link stays down
+    server.drop_websockets()
+    with pytest.raises(TelephonyError, match="event link went down"):
+        await transfer
+    assert not server.moh_active(call_id)
+    assert len(server.bridge_members(call_id)) == 1  # back with the agent
+
+
+async def test_no_bridge_is_left_when_the_customer_hangs_up_during_connect(
+    server: AriServer, tel: Tel
+) -> None:
+    telephony, rec = tel
+    call_id = await answered_call(tel)
+    server.inject_fault("POST", "/bridges", after_s=0.3)  # made, but the answer is late
+    connecting = asyncio.create_task(telephony.connect_to_agent(call_id, "Local/1001@agents"))
+    await rec.until(lambda: server.requests[("POST", "/bridges")] == 1)
+    await telephony.hangup(call_id)
+    await rec.until_event(call_id, CallEventKind.HANGUP)
+    with pytest.raises(TelephonyError):
+        await connecting
+    await rec.until(lambda: server.requests[("DELETE", f"/bridges/{call_id}.bridge")] > 0)
+    assert server.live_channel_ids() == []
+
+
+async def test_an_originate_whose_answer_timed_out_after_the_call_ended_succeeds(
+    server: AriServer,
+) -> None:
+    server.inject_fault("POST", "/channels", after_s=1.0)  # carried out; the answer is late
+    async with (
+        AriTelephony(
+            f"http://127.0.0.1:{server.port}", "dialer", "dialer", request_timeout_s=0.5
+        ) as telephony,
+        Recorder(telephony).running() as rec,
+    ):
+        await telephony.originate(customer("5550017", call_id="busy-1"))  # over by now
+        hangup = await rec.until_event("busy-1", CallEventKind.HANGUP)
+        assert hangup.outcome is Outcome.BUSY
+        assert rec.kinds("busy-1")[0] is CallEventKind.DIALING
+        assert server.channels_created["busy-1"] == 1
+
+
+async def test_an_inbound_caller_whose_stasis_start_was_lost_is_found_by_the_resync(
+    server: AriServer,
+) -> None:
+    async with (
+        AriTelephony(
+            f"http://127.0.0.1:{server.port}", "dialer", "dialer", app="dialer",
+            reconnect_initial_s=0.3,
+        ) as telephony,
+        Recorder(telephony).running() as rec,
+        another_client(server, "other") as (rest, _ws),
+    ):  # fmt: skip
+        server.drop_websockets(noticed=False)  # Asterisk keeps the app active
+        await rec.until_backend(CallEventKind.BACKEND_DOWN)
+        await through_dialer_amd(rest, "5550500", "in-1")  # its StasisStart is lost
+        await rec.until_backend(CallEventKind.BACKEND_UP, timeout=5)
+        inbound = await rec.until_event("in-1", CallEventKind.INBOUND)
+        assert inbound.caller_id is not None
+        await rest.hangup("in-1")
+        await rec.until_event("in-1", CallEventKind.HANGUP)
+
+
+def test_the_amd_verdict_waits_until_the_call_is_back_in_stasis() -> None:
+    tracker = AriTracker()
+    tracker.expect("c1")
+    chan = {"id": "c1", "state": "Up"}
+    feed = [
+        {"type": "StasisStart", "args": ["customer", "c1"], "channel": chan},
+        {"type": "StasisEnd", "channel": chan},  # continue into paceline-amd
+        {"type": "ChannelVarset", "variable": "AMDSTATUS", "value": "HUMAN", "channel": chan},
+        {"type": "ChannelVarset", "variable": "AMDCAUSE", "value": "HUMAN-1-1", "channel": chan},
+        {"type": "ChannelDialplan", "dialplan_app": "Stasis", "channel": chan},
+    ]
+    kinds = [e.kind for ev in feed for e in tracker.feed(ev)]
+    assert CallEventKind.AMD not in kinds  # still in the dialplan: a bridge would get a 422
+    back = {"type": "StasisStart", "args": ["amd", "HUMAN"], "channel": chan}
+    (amd,) = [e for e in tracker.feed(back) if e.kind is CallEventKind.AMD]
+    assert (amd.amd, amd.amd_cause) == ("HUMAN", "HUMAN-1-1")

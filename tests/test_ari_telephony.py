@@ -379,7 +379,13 @@ async def test_events_end_when_the_backend_closes(server: AriServer) -> None:
 async def test_rest_client_raises_typed_errors_with_aris_words(server: AriServer) -> None:
     from cti.ari import AriRestClient, BadRequest, NotFound, ServerError
 
-    async with aiohttp.ClientSession() as session:
+    async with (
+        aiohttp.ClientSession() as session,
+        # An answered channel can only enter an app that is connected.
+        session.ws_connect(
+            f"http://127.0.0.1:{server.port}/ari/events?app=paceline&api_key=dialer:dialer"
+        ),
+    ):
         rest = AriRestClient(session, f"http://127.0.0.1:{server.port}", api_key="dialer:dialer")
         assert (await rest.ping())["ping"] == "pong"
         with pytest.raises(NotFound) as info:

@@ -151,7 +151,16 @@ class AriRestClient:
         return cast(JsonObject, await self.request("POST", "/channels", params=params, body=body))
 
     async def list_channels(self) -> list[JsonObject]:
-        return cast(list[JsonObject], await self.request("GET", "/channels"))
+        """`GET /channels`; ServerError when the answer is not a JSON list of objects (a
+        proxy's empty or `null` 200 must not pass for "no channels")."""
+        result = await self.request("GET", "/channels")
+        if not isinstance(result, list) or not all(isinstance(c, dict) for c in result):
+            raise ServerError(
+                "ARI GET /channels answered something other than a list of channels",
+                detail=type(result).__name__,
+                status=200,
+            )
+        return cast(list[JsonObject], result)
 
     async def get_channel(self, channel_id: str) -> JsonObject:
         return cast(JsonObject, await self.request("GET", f"/channels/{channel_id}"))

@@ -184,7 +184,8 @@ class AriTelephony:
         self._fatal: TelephonyError | None = None
         self._amd_pending: set[str] = set()  # calls to send into AMD when they enter Stasis
         self._amd_started: set[str] = set()  # calls sent into the AMD dialplan
-        self._bridges: dict[str, str] = {}  # call_id -> bridge id (the customer is in it)
+        self._bridges: dict[str, str] = {}  # call_id -> the call's bridge (for cleanup)
+        self._customer_bridged: set[str] = set()  # calls whose customer was added to it
         self._agent_bridge: dict[str, str] = {}  # agent channel id -> bridge to add it to
         self._consults: dict[str, _Transfer] = {}  # consult channel id -> transfer
         self._playbacks: dict[str, str] = {}  # playback id -> call_id
@@ -381,8 +382,13 @@ class AriTelephony:
                 if ws is not None:
                     await self._close_quietly(ws)
                 continue
+            try:
+                self._resync(channels, confirmed_by)
+            except Exception as exc:  # a bug must not end the reader: try the link again
+                log.error("ARI resync failed, reconnecting: %s", describe_exception(exc))
+                await self._close_quietly(ws)
+                continue
             self._ws = ws
-            self._resync(channels, confirmed_by)
             self._connected = True
             log.info("ARI event link up again; %d channels live", len(channels))
             self._publish(CallEvent(kind=CallEventKind.BACKEND_UP, call_id=""))
@@ -391,6 +397,9 @@ class AriTelephony:
     def _resync(self, channels: list[dict[str, Any]], confirmed_by: int) -> None:
         """Catch up with a `GET /channels` snapshot (see the module docstring)."""
         snapshot = {str(c.get("id", "")): c for c in channels if isinstance(c, Mapping)}
+        for listed_id, listed in snapshot.items():
+            if self._tracker.role_of(listed_id) is None:
+                self._adopt(listed_id, listed)
         unsure = set(self._tracker.unsure_legs(confirmed_by))
         for channel_id in self._tracker.channel_ids():
             role = self._tracker.role_of(channel_id)
@@ -406,11 +415,58 @@ class AriTelephony:
             if channel_id in self._posting:
                 self._verify_after_post.add(channel_id)
             else:
-                self._spawn(f"check of {channel_id}", self._verify_leg, channel_id)
+                self._check_later(channel_id)
         for playback_id in list(self._playbacks):
-            self._spawn(f"check of playback {playback_id}", self._check_playback, playback_id)
+            if playback_id in self._posting:  # POST /play in flight: a 404 proves nothing yet
+                self._verify_after_post.add(playback_id)
+            else:
+                self._check_later(playback_id)
         for bridge_id in list(self._bridges.values()):
-            self._spawn(f"check of bridge {bridge_id}", self._check_bridge, bridge_id)
+            what = f"check of bridge {bridge_id}"
+            self._spawn(what, self._retrying, what, self._check_bridge, bridge_id)
+
+    def _check_later(self, ident: str) -> None:
+        """Look a channel or playback up now (retried); the resync could not judge it."""
+        if ident in self._playbacks:
+            what = f"check of playback {ident}"
+            self._spawn(what, self._retrying, what, self._check_playback, ident)
+        else:
+            what = f"check of {ident}"
+            self._spawn(what, self._retrying, what, self._verify_leg, ident)
+
+    def _adopt(self, channel_id: str, chan: Mapping[str, Any]) -> None:
+        """A channel in a snapshot that we do not track: one we disowned is hung up; one in
+        our app's Stasis is an inbound call whose StasisStart was lost."""
+        if channel_id in self._disowned:
+            del self._disowned[channel_id]
+            self._spawn(f"hangup of disowned {channel_id}", self._hangup_quietly, channel_id)
+            return
+        dialplan = chan.get("dialplan") or {}
+        if not isinstance(dialplan, Mapping) or dialplan.get("app_name") != "Stasis":
+            return
+        app, *args = str(dialplan.get("app_data", "")).split(",")
+        if app == self.app:
+            self._publish_all(
+                self._tracker.feed({"type": "StasisStart", "args": args, "channel": chan})
+            )
+
+    async def _retrying(
+        self, what: str, fn: Callable[..., Coroutine[Any, Any, None]], *args: Any
+    ) -> None:
+        """Run a post-resync check `fn(*args)`, retried with backoff while ARI fails: a check
+        lost to one 500 or timeout would leave a call stuck until the next outage. A check
+        handles NotFound itself; the next resync redoes every check anyway."""
+        delay = self.reconnect_initial_s
+        for attempt in range(6):
+            try:
+                await fn(*args)
+                return
+            except TelephonyError as exc:
+                if attempt == 5 or self._closing or isinstance(exc, AuthenticationFailed):
+                    raise
+                log.info("ARI %s failed, retrying: %s", what, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.reconnect_max_s)
 
     def _catch_up(
         self, channel_id: str, chan: Mapping[str, Any], call_id: str, role: LegRole
@@ -460,8 +516,12 @@ class AriTelephony:
 
     async def _check_bridge(self, bridge_id: str) -> None:
         assert self._rest is not None
-        with contextlib.suppress(NotFound):
-            self._publish_all(self._tracker.note_bridge(await self._rest.get_bridge(bridge_id)))
+        try:
+            bridge = await self._rest.get_bridge(bridge_id)
+        except NotFound:  # destroyed while we could not see it
+            self._tracker.forget_bridge(bridge_id)
+            return
+        self._publish_all(self._tracker.note_bridge(bridge))
 
     async def _pump(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for msg in ws:
@@ -531,7 +591,8 @@ class AriTelephony:
             await self._rest.continue_in_dialplan(
                 call_id, context=self.amd_context, extension=self.amd_extension, priority=1
             )
-            self._amd_started.add(call_id)
+            if self._tracker.is_live(call_id):  # else its cleanup already ran
+                self._amd_started.add(call_id)
         except NotFound:
             log.info("AMD of %s not started: the call already ended", call_id)
 
@@ -579,6 +640,7 @@ class AriTelephony:
         for role in (LegRole.AGENT, LegRole.CONSULT):
             for leg in self._tracker.legs_of(call_id, role):
                 await self._hangup_quietly(leg)
+        self._customer_bridged.discard(call_id)
         bridge_id = self._bridges.pop(call_id, None)
         if bridge_id is not None and self._rest is not None:
             with contextlib.suppress(NotFound):
@@ -605,10 +667,10 @@ class AriTelephony:
 
         On success the leg is confirmed (it may be judged by the next resync). A 409 means
         the channel id exists: ours, from an earlier try, so it is success too. A failure
-        without an answer (BackendUnavailable: timeout, reset) is ambiguous: the channel is
-        looked up, and only if it exists is this a success. Any other outcome re-raises, and
-        disowns the id when this POST was its first (`fresh`; a failed replay of a live
-        call's originate leaves that call alone)."""
+        without an answer (BackendUnavailable: timeout, reset) is ambiguous: it is a success
+        if events of the channel already arrived (it may even be over: busy) or the channel
+        exists. Any other outcome re-raises, and disowns the id when this POST was its first
+        (`fresh`; a failed replay of a live call's originate leaves that call alone)."""
         assert self._rest is not None
         self._disowned.pop(channel_id, None)  # tried again: a channel with this id is wanted
         self._posting.add(channel_id)
@@ -618,9 +680,10 @@ class AriTelephony:
             except Conflict as exc:
                 log.warning("originate %s: channel id already exists (%s)", channel_id, exc.detail)
             except BackendUnavailable:
-                if not await self._exists(channel_id):
+                if not self._tracker.seen(channel_id) and not await self._exists(channel_id):
                     raise
         except BaseException:
+            self._verify_after_post.discard(channel_id)
             if fresh:
                 self._disown(channel_id)
             raise
@@ -628,9 +691,13 @@ class AriTelephony:
             self._posting.discard(channel_id)
         self._confirmed_seq += 1
         self._tracker.confirm(channel_id, self._confirmed_seq)
-        if channel_id in self._verify_after_post:
-            self._verify_after_post.discard(channel_id)
-            self._spawn(f"check of {channel_id}", self._verify_leg, channel_id)
+        self._posted(channel_id)
+
+    def _posted(self, ident: str) -> None:
+        """A POST answered; a resync that ran meanwhile left its check to now."""
+        if ident in self._verify_after_post:
+            self._verify_after_post.discard(ident)
+            self._check_later(ident)
 
     async def _exists(self, channel_id: str) -> bool:
         assert self._rest is not None
@@ -680,24 +747,25 @@ class AriTelephony:
         rest = self._rest_or_raise()
         self._require_call(call_id)
         bridge_id = self._bridges.get(call_id)
+        fresh = bridge_id is None
         if bridge_id is None:
             bridge_id = f"{call_id}.bridge"
-            try:
+            with contextlib.suppress(Conflict):  # 409: ours already (an earlier try)
                 await rest.create_bridge(
                     bridge_type="mixing", bridge_id=bridge_id, name=f"call-{call_id}"
                 )
-                present = False
-            except Conflict:  # a retry after a failed addChannel: the bridge is ours
-                present = call_id in (await rest.get_bridge(bridge_id)).get("channels", [])
-            if not present:
-                await rest.add_channel(bridge_id, [call_id])
-            # Known only now: a retry must find the customer in it, and cleanup destroy it.
-            self._bridges[call_id] = bridge_id
+            self._bridges[call_id] = bridge_id  # from now on the call's cleanup destroys it
             if not self._tracker.is_live(call_id):  # hung up meanwhile: cleanup already ran
                 self._bridges.pop(call_id, None)
                 with contextlib.suppress(NotFound):
                     await rest.destroy_bridge(bridge_id)
                 self._require_call(call_id)
+        if call_id not in self._customer_bridged:
+            # A retry after a failed addChannel asks the bridge rather than guess.
+            members = [] if fresh else (await rest.get_bridge(bridge_id)).get("channels", [])
+            if call_id not in members:
+                await rest.add_channel(bridge_id, [call_id])
+            self._customer_bridged.add(call_id)
         agent_id = f"{call_id}.agent{self._next()}"
         self._tracker.expect(agent_id, call_id, role=LegRole.AGENT, peer=agent_endpoint)
         self._agent_bridge[agent_id] = bridge_id
@@ -715,13 +783,20 @@ class AriTelephony:
         rest = self._rest_or_raise()
         self._require_call(call_id)
         playback_id = f"{call_id}.pb{self._next()}"
+        # Known before the POST (its PlaybackFinished may come first), checked by a resync
+        # only once the POST answered.
         self._playbacks[playback_id] = call_id
+        self._posting.add(playback_id)
         media = sound if ":" in sound else f"sound:{sound}"
         try:
             await rest.play(call_id, media, playback_id=playback_id)
         except BaseException:
             self._playbacks.pop(playback_id, None)
+            self._verify_after_post.discard(playback_id)
             raise
+        finally:
+            self._posting.discard(playback_id)
+        self._posted(playback_id)
 
     async def hangup(self, call_id: str, cause: int = 16) -> None:
         """Also tried while the event link is down (REST may still work): ending a call is
@@ -805,7 +880,9 @@ class AriTelephony:
             if not answered:
                 raise TelephonyError(
                     f"attended transfer of {call_id!r}: {target} did not answer",
-                    detail=f"waited up to {self.transfer_timeout_s:g} s",
+                    detail=f"waited up to {self.transfer_timeout_s:g} s"
+                    if self._connected
+                    else "the event link went down: its answer could not be seen",
                 )
             await self._complete_transfer(consult_id, transfer)
         except BaseException:
@@ -820,7 +897,7 @@ class AriTelephony:
         leave last, so a refused step never leaves the customer without anyone."""
         assert self._rest is not None
         await self._rest.add_channel(transfer.bridge_id, [consult_id])
-        await self.unhold(transfer.call_id)
+        await self._moh(transfer.call_id, on=False)
         transfer.on_hold = False
         await self._rest.add_channel(transfer.bridge_id, [transfer.call_id])
         self._consults.pop(consult_id, None)
@@ -843,7 +920,7 @@ class AriTelephony:
         log.warning("attended transfer of %s failed; back to the agent", transfer.call_id)
         if transfer.on_hold:
             with contextlib.suppress(TelephonyError):
-                await self.unhold(transfer.call_id)
+                await self._moh(transfer.call_id, on=False)
         with contextlib.suppress(TelephonyError):
             # Asked, not assumed: our own view of the bridge may lag the REST calls.
             bridge = await self._rest.get_bridge(transfer.bridge_id)
@@ -851,16 +928,25 @@ class AriTelephony:
                 await self._rest.add_channel(transfer.bridge_id, [transfer.call_id])
 
     async def hold(self, call_id: str) -> None:
-        rest = self._rest_or_raise()
+        self._rest_or_raise()
         self._require_call(call_id)
-        await rest.start_moh(call_id, self.moh_class)
-        self._publish(CallEvent(kind=CallEventKind.HELD, call_id=call_id, channel=call_id))
+        await self._moh(call_id, on=True)
 
     async def unhold(self, call_id: str) -> None:
-        rest = self._rest_or_raise()
+        self._rest_or_raise()
         self._require_call(call_id)
-        await rest.stop_moh(call_id)
-        self._publish(CallEvent(kind=CallEventKind.UNHELD, call_id=call_id, channel=call_id))
+        await self._moh(call_id, on=False)
+
+    async def _moh(self, call_id: str, *, on: bool) -> None:
+        """Music on hold on or off, and HELD/UNHELD once ARI accepted. Not gated on the event
+        link: giving a customer back after a failed transfer must work while it is down."""
+        assert self._rest is not None
+        if on:
+            await self._rest.start_moh(call_id, self.moh_class)
+        else:
+            await self._rest.stop_moh(call_id)
+        kind = CallEventKind.HELD if on else CallEventKind.UNHELD
+        self._publish(CallEvent(kind=kind, call_id=call_id, channel=call_id))
 
     async def send_dtmf(self, call_id: str, digits: str) -> None:
         """Send `digits` (0-9, A-D, *, #) to the customer. Only their count is logged."""

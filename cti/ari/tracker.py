@@ -17,7 +17,9 @@ Facts the mapping relies on (Asterisk 20.20.1 captures):
   HANGUP with cause None, "no longer followed"), so no call stays live forever.
 - AMD() sets AMDSTATUS then AMDCAUSE (ChannelVarset). Paceline's `paceline-amd` context hands
   every verdict back as Stasis arguments `amd,<AMDSTATUS>`; the reference `dialer-amd` passes
-  `human,<exten>` when AMD said HUMAN.
+  `human,<exten>` when AMD said HUMAN. The AMD event is held until the call is back in
+  Stasis (its StasisStart), because only then can the dialer act on it (a bridge or a play
+  before that answers 422/409 on Asterisk), or until the call ends.
 - Resync (`reconcile`) only judges legs whose originate ARI had confirmed before the
   `GET /channels` was sent (`confirm(..., seq)`, `reconcile(..., confirmed_by=seq)`): a POST
   still in flight, or answered after the GET left, may be missing from the snapshot without
@@ -167,6 +169,17 @@ class AriTracker:
         if leg is not None:
             self._end(leg)
 
+    def seen(self, channel_id: str) -> bool:
+        """True once an event of this originated channel arrived (it exists or existed)."""
+        leg = self._legs.get(channel_id)
+        if leg is not None:
+            return leg.dialing_reported or leg.ringing or leg.in_stasis or leg.answered
+        return channel_id in self._ended
+
+    def forget_bridge(self, bridge_id: str) -> None:
+        """A bridge that is gone although its BridgeDestroyed never came."""
+        self._bridges.pop(bridge_id, None)
+
     def confirm(self, channel_id: str, seq: int) -> None:
         """ARI confirmed the channel exists (its POST answered) at resync sequence `seq`."""
         leg = self._legs.get(channel_id)
@@ -277,11 +290,13 @@ class AriTracker:
                 return self._inbound(event, chan, channel_id)
             return []
         out: list[CallEvent] = self.mark_dialing(channel_id)
-        if not (kind == "ChannelVarset" and event.get("variable") == "AMDCAUSE"):
-            out.extend(self._flush_amd(leg))
+        if kind in ("ChannelDestroyed", "ChannelHangupRequest"):
+            out.extend(self._flush_amd(leg))  # a verdict comes before the end it explains
         handler = _HANDLERS.get(str(kind))
         if handler is not None:
             out.extend(handler(self, leg, event, chan))
+        if kind == "StasisStart":
+            out.extend(self._flush_amd(leg))  # back in Stasis: the verdict is actionable
         return out
 
     def reconcile(
@@ -419,7 +434,8 @@ class AriTracker:
             leg.amd_reported = False
         elif name == "AMDCAUSE" and value:
             leg.amd_cause = value
-            return self._flush_amd(leg)
+            if leg.in_stasis:  # AMD() ran while in Stasis elsewhere: nothing to wait for
+                return self._flush_amd(leg)
         return []
 
     def _dtmf(

@@ -35,8 +35,9 @@ Simplifications (documented deviations):
   bridging sends no ChannelConnectedLine;
 - hold and MOH on any channel send no event (true for Local channels, not for PJSIP ones);
 - `redirect` of a Local channel is accepted and does nothing (as captured);
-- a channel entering Stasis while its app has no WebSocket still enters it (real Asterisk
-  fails Stasis once the app is unregistered); events emitted while no socket is open are lost;
+- events emitted while an app has no socket open are lost; a channel that tries to enter the
+  Stasis of such an app is hung up (cause 16), as res_stasis refuses an app that is not active
+  ("Stasis app '...' not active": Stasis() returns -1);
 - a channelId can be reused once its channel is gone (as in Asterisk: only live ids clash);
 - the callee's hang-up is emulated as ChannelHangupRequest (cause 16) on the ;1 channel, which
   no capture shows (the captures only hang up from the app side).
@@ -157,6 +158,8 @@ class _Chan:
     answered: bool = False
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
     requested_id: str = ""
+    #: originate body variables that are plain variables (not functions), in body order
+    originate_vars: list[tuple[str, str]] = field(default_factory=list)
 
     def json(self) -> dict[str, Any]:
         return {
@@ -266,9 +269,12 @@ class _Socket:
         self.app = app
         self.request = request
         self.queue: asyncio.Queue[str | None] = asyncio.Queue()
+        #: the client is gone but Asterisk has not noticed: the app stays active, events are lost
+        self.unnoticed = False
 
     def send(self, text: str) -> None:
-        self.queue.put_nowait(text)
+        if not self.unnoticed:
+            self.queue.put_nowait(text)
 
 
 @dataclass(slots=True)
@@ -386,14 +392,21 @@ class AriServer:
         await self.close()
 
     # ----- test hooks --------------------------------------------------------------------
-    def drop_websockets(self) -> None:
-        """Abruptly close every event socket (a network failure); calls go on."""
+    def drop_websockets(self, *, noticed: bool = True) -> None:
+        """Abruptly close every event socket (a network failure); calls go on.
+
+        `noticed=True`: Asterisk sees the socket close, so its apps are no longer active and a
+        channel that tries to enter one is hung up. `noticed=False`: a link lost where Asterisk
+        has not noticed yet (a partition, a dead NAT entry): the apps stay active, channels
+        still enter Stasis, and their events are lost until the app reconnects."""
         for sock in list(self._all_sockets):
+            sock.unnoticed = not noticed
             transport = sock.request.transport
             if transport is not None:
                 transport.abort()
             sock.queue.put_nowait(None)
-        self._sockets.clear()
+        if noticed:
+            self._sockets.clear()
         self._all_sockets.clear()
 
     def inject_fault(
@@ -757,6 +770,8 @@ class AriServer:
             for k, v in variables.items():
                 if isinstance(v, str):
                     chan.variables[str(k)] = v
+                    if "(" not in str(k):
+                        chan.originate_vars.append((str(k), v))
                     if k == "CALLERID(name)":
                         chan.caller = (v, chan.caller[1])
                     elif k == "CALLERID(num)":
@@ -816,6 +831,14 @@ class AriServer:
         if not chan.alive or self._closing:
             return
         dialstring = f"{chan.exten}@{chan.context}" if chan.tech == "Local" else chan.name
+        if chan.partner is not None:
+            # Set on ;1 before anyone was subscribed; chan_local copies them to ;2, which the
+            # app sees (capture 14: ChannelVarset on the ;2 half, last variable first).
+            for name, value in reversed(chan.originate_vars):
+                chan.partner.variables[name] = value
+                self._chan_event(
+                    "ChannelVarset", chan.partner, pre={"variable": name, "value": value}
+                )
         if chan.partner is not None and chan.behaviour is not None:
             self._chan_event(
                 "ChannelCallerId",
@@ -909,7 +932,11 @@ class AriServer:
                     ),
                 )
 
-    def _enter_stasis(self, chan: _Chan, app: str, args: list[str]) -> None:
+    def _enter_stasis(self, chan: _Chan, app: str, args: list[str]) -> bool:
+        """Stasis(app, args...): False (and the channel hung up) when the app has no socket."""
+        if app not in self._sockets:
+            self._destroy(chan, causes.NORMAL_CLEARING)
+            return False
         chan.apps.add(app)
         chan.stasis_app = app
         chan.last_app = app
@@ -917,6 +944,7 @@ class AriServer:
         chan.app_data = ",".join([app, *args])
         self._chan_event("ChannelVarset", chan, pre={"variable": "STASISSTATUS", "value": ""})
         self._chan_event("StasisStart", chan, mid={"args": args})
+        return True
 
     def _leave_stasis(self, chan: _Chan) -> None:
         if chan.stasis_app is None:
@@ -950,12 +978,22 @@ class AriServer:
             "ChannelVarset", chan, pre={"variable": "AMDCAUSE", "value": b.amd_cause or ""}
         )
         if status == "HUMAN" or not branch:
-            app, *args = self._substitute(chan, stasis_data, exten).split(",")
+            data = self._substitute(chan, stasis_data, exten)
+            app, *args = data.split(",")
             if not app:  # Stasis() without an app name fails: the channel hangs up
                 self._destroy(chan, 0, request_cause=0)
                 return
             chan.priority = 5 if branch else 2
-            self._enter_stasis(chan, app, args)
+            chan.app_name, chan.app_data = "Stasis", data
+            self._chan_event(
+                "ChannelDialplan", chan, mid={"dialplan_app": "Stasis", "dialplan_app_data": data}
+            )
+            # The next priority runs after this one returned: the verdict's ChannelVarsets
+            # reach the app while the channel is still in the dialplan, not in Stasis.
+            def enter() -> None:
+                self._enter_stasis(chan, app, args)
+
+            self._later(chan, 0.0, enter)
         else:
             chan.priority, chan.app_name, chan.app_data = 4, "Hangup", "16"
             self._chan_event(
@@ -1553,8 +1591,8 @@ class AriServer:
             chan = self._channels.get(ident) if kind == "channel" else None
             if chan is None:
                 raise AriError(422, "Event source does not exist")
-            if method == "DELETE" and app not in chan.apps:
-                raise AriError(422, "Event source was not subscribed to")
+            if method == "DELETE" and app not in chan.subscribed:
+                raise AriError(409, "Application not subscribed to event source")
             targets.append(chan)
         for chan in targets:
             if method == "POST":
@@ -1633,6 +1671,6 @@ class AriServer:
                 await asyncio.wait_for(sender, timeout=1.0)
             sender.cancel()
             self._all_sockets.discard(sock)
-            if self._sockets.get(app) is sock:
+            if self._sockets.get(app) is sock and not sock.unnoticed:
                 del self._sockets[app]
         return ws
