@@ -1000,6 +1000,11 @@ async def test_cancel_atxfer_sends_the_abort_code_and_returns_the_transferer(tar
         assert back["BridgeNumChannels"] == "2"
         await c.until("MusicOnHoldStop", Channel=root)
         await c.until("Hangup", Channel=dial["DestChannel"])
+        holds = [m.event for m in c.seen if m.event in ("Hold", "Unhold") and m["Channel"] == agent]
+        assert holds == ["Hold", "Unhold"]
+        assert keys(next(m for m in c.seen if m.event == "Hold")) == keys(
+            next(m for m in rx if m.event == "Hold")
+        )
         assert not [m for m in c.seen if m.event == "AttendedTransfer"]
         assert {root, agent} <= set(s.channels)
         bad = await c.action("CancelAtxfer", "cx", Channel="Local/nobody-1;1")

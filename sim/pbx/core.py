@@ -1209,6 +1209,7 @@ class Pbx:
         if bridge is None or not peers or transferer.consult is not None:
             return  # the feature code reaches a channel with no bridge: nothing happens
         transferee = peers[0]
+        self.event("Hold", transferer)  # the transferer holds its peer (capture 13c)
         self.moh_start(transferee)
         bridge.held = True
         self._leave_bridge(transferer, dissolve=False)
@@ -1238,6 +1239,7 @@ class Pbx:
             self._leave_bridge(transferer, dissolve=False)
         if consult.transferee.alive and consult.original.uniqueid in self.bridges:
             self._enter(consult.original, transferer)
+        self.event("Unhold", transferer)
         self.moh_stop(consult.transferee)
         if consult.target is not transferer and consult.target.alive:
             self.hangup(consult.target, 16, source="internal")
@@ -1249,6 +1251,7 @@ class Pbx:
         self.moh_stop(consult.transferee)
         if consult.transferee.alive and consult.original.uniqueid in self.bridges:
             self._enter(consult.original, transferer)
+            self.event("Unhold", transferer)
         elif transferer.alive and transferer.dialed_by is not None:
             self.hangup(transferer, 16, source="internal")
 
