@@ -32,6 +32,8 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/import_contacts.py
 	$(BIN)/python bench/lease.py
 	$(BIN)/python bench/ami_throughput.py
+	$(BIN)/python bench/pacing_speed.py
+	$(BIN)/python bench/pacing_quality.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

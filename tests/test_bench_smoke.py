@@ -54,3 +54,33 @@ def test_ami_throughput_bench_runs_small() -> None:
     assert re.search(r"^parser alone: .* replayed 20 times: [\d,]+ messages/s",
                      proc.stdout, re.M), proc.stdout
     assert re.search(r"^ratio: .* = \d+\.\d\d", proc.stdout, re.M), proc.stdout
+
+
+def test_pacing_quality_bench_runs_small() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "pacing_quality.py"),
+         "--sizes", "5", "--seeds", "1", "--hours", "0.25", "--workers", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    for mode in ("progressive", "vicidial_adaptive", "predictive"):
+        assert re.search(rf"^{mode} +5 +\d+\.\d% +\d+\.\d\d% +\d+\.\d\d% +\d+\.\d",
+                         proc.stdout, re.M), proc.stdout
+    assert re.search(r"^(PASS|FAIL)  predictive abandon <= 3\.0% on every seed", proc.stdout,
+                     re.M), proc.stdout
+    assert "timing: " in proc.stdout
+
+
+def test_pacing_speed_bench_runs_small() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "pacing_speed.py"), "--campaigns", "20",
+         "--ticks", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^campaigns: 20, each 50 busy agents and 150 ringing calls",
+                     proc.stdout, re.M), proc.stdout
+    assert re.search(r"^decide_batch \(NumPy\): [\d.]+ ms per tick", proc.stdout, re.M)
+    assert re.search(r"^scalar pure Python: [\d.]+ ms per tick", proc.stdout, re.M)
+    assert re.search(r"^outputs equal: yes$", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^ratio: scalar / vectorized = [\d.]+x \(goal >= 50x", proc.stdout, re.M)
