@@ -42,7 +42,7 @@ def luhn_ok(digits: str) -> bool:
 
 
 def mask_pan(digits: str) -> str:
-    """`4111111111111111` -> `************1111`: only the last four digits survive."""
+    """A 16-digit PAN becomes twelve `*` and its last four digits; nothing else survives."""
     return "*" * max(0, len(digits) - 4) + digits[-4:]
 
 
