@@ -49,7 +49,6 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-import inspect
 import math
 import random
 import time
@@ -62,6 +61,7 @@ import numpy as np
 import numpy.typing as npt
 
 from dialer.domain import Outcome
+from dialer.pacing import Pacer, PacingSnapshot
 from sim.scenario import DRAWN_OUTCOMES, Scenario, ScenarioError
 
 FloatArray = npt.NDArray[np.float64]
@@ -81,30 +81,19 @@ def make_pacer(scenario: Scenario, **overrides: Any) -> PacerLike:
     """Build the real `dialer.pacing.Pacer` from the scenario's `[pacer]` table.
 
     A keyword the Pacer rejects (TypeError / ValueError) becomes a `ScenarioError` on `[pacer]`.
-    When the Pacer takes `shift_s` (VICIdial's tapered drop limit needs the shift length) and
-    the scenario does not set it, it gets the agents' shift length.
+    When the scenario does not set `shift_s` (VICIdial's tapered drop limit needs the shift
+    length), it gets the agents' shift length.
     """
-    from dialer.pacing import Pacer
-
     kwargs = {**scenario.pacer, **overrides}
-    if "shift_s" not in kwargs and "shift_s" in inspect.signature(Pacer).parameters:
+    if "shift_s" not in kwargs:
         staffed = [g for g in scenario.all_groups if g.count] or list(scenario.all_groups)
         span = max(g.end_s for g in staffed) - min(g.start_s for g in staffed)
         kwargs["shift_s"] = max(1.0, span)
-    if scenario.mode_changes and not hasattr(Pacer, "set_mode"):
-        raise ScenarioError(scenario.source, "[pacer] changes", "this Pacer has no set_mode")
     try:
         pacer: PacerLike = Pacer(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ScenarioError(scenario.source, "[pacer]", str(exc)) from None
     return pacer
-
-
-def _snapshot_factory() -> tuple[type, frozenset[str]]:
-    from dialer.pacing import PacingSnapshot
-
-    names = frozenset(f.name for f in dataclasses.fields(PacingSnapshot))
-    return PacingSnapshot, names
 
 
 # Event kinds; ties at one instant are processed in scheduling order (the heap's seq).
@@ -160,15 +149,9 @@ class _Stats:
 class Simulation:
     """One run. Use `simulate()`; the class exists so tests can inspect the state."""
 
-    def __init__(self, scenario: Scenario, pacer: PacerLike,
-                 snapshot_type: type | None = None,
-                 snapshot_fields: frozenset[str] | None = None) -> None:
+    def __init__(self, scenario: Scenario, pacer: PacerLike) -> None:
         self.sc = scenario
         self.pacer = pacer
-        if snapshot_type is None:
-            snapshot_type, snapshot_fields = _snapshot_factory()
-        self.snapshot_type = snapshot_type
-        self.snapshot_fields = snapshot_fields or frozenset()
         self.rng = random.Random(scenario.seed)
         self.now = 0.0
         self.heap: list[tuple[float, int, int, int]] = []
@@ -388,8 +371,6 @@ class Simulation:
         n_ticks = math.ceil(sc.duration_s / sc.tick_s - 1e-9)
         heap = self.heap
         pop = heapq.heappop
-        snap_type = self.snapshot_type
-        has_waiting = "waiting_calls" in self.snapshot_fields
         decide = self.pacer.decide
         for k in range(n_ticks):
             now = k * sc.tick_s
@@ -400,15 +381,15 @@ class Simulation:
             self.now = now
             conn = self.agent_conn[self.agent_busy]
             ring = self.ring_buf[~np.isnan(self.ring_buf)] if self.n_ringing else _EMPTY
-            kw: dict[str, Any] = {
-                "now": now,
-                "ready_agents": len(self.ready) - self.standby,
-                "busy_elapsed": now - conn,
-                "ringing_elapsed": now - ring,
-            }
-            if has_waiting:
-                kw["waiting_calls"] = len(self.waiting)
-            n = decide(snap_type(**kw))
+            n = decide(
+                PacingSnapshot(
+                    now=now,
+                    ready_agents=len(self.ready) - self.standby,
+                    busy_elapsed=now - conn,
+                    ringing_elapsed=now - ring,
+                    waiting_calls=len(self.waiting),
+                )
+            )
             if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
                 raise RuntimeError(f"pacer.decide returned {n!r} at t={now:g}; expected an "
                                    "int >= 0")

@@ -69,7 +69,7 @@ import logging
 import random
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
@@ -119,7 +119,7 @@ class _Transfer:
     bridge_id: str
     agent_ids: list[str]
     answered: asyncio.Future[bool]
-    on_hold: bool = field(default=False)
+    on_hold: bool = False
 
     def settle(self, answered: bool) -> None:
         if not self.answered.done():

@@ -205,10 +205,6 @@ class AriTracker:
         leg = self._legs.get(channel_id)
         return [] if leg is None else self._gone(leg, detail)
 
-    def in_bridge(self, channel_id: str) -> bool:
-        leg = self._legs.get(channel_id)
-        return leg is not None and leg.bridge_id is not None
-
     def note_bridge(self, bridge: Mapping[str, Any]) -> list[CallEvent]:
         """A bridge snapshot (`GET /bridges/{id}`) after a resync: the BRIDGED/UNBRIDGED the
         lost ChannelEnteredBridge/ChannelLeftBridge events would have given."""
