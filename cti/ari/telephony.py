@@ -553,8 +553,7 @@ class AriTelephony:
             return
         role = self._tracker.role_of(channel_id) if channel_id else None
         if event.type == "StasisStart" and role is not None:
-            self._tracker.sync_stasis(channel_id, True)
-            self._on_stasis_start(channel_id, *role)
+            self._on_stasis_start(channel_id, *role)  # the tracker marks it in Stasis below
         elif event.type == "PlaybackFinished":
             playback = event.data.get("playback") or {}
             call_id = self._playbacks.pop(str(playback.get("id", "")), None)

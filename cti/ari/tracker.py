@@ -225,10 +225,6 @@ class AriTracker:
         leg = self._legs.get(call_id)
         return leg is not None and leg.role is LegRole.CUSTOMER
 
-    def is_answered(self, call_id: str) -> bool:
-        leg = self._legs.get(call_id)
-        return leg is not None and leg.answered
-
     def in_stasis(self, channel_id: str) -> bool:
         leg = self._legs.get(channel_id)
         return leg is not None and leg.in_stasis
