@@ -34,6 +34,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/ami_throughput.py
 	$(BIN)/python bench/pacing_speed.py
 	$(BIN)/python bench/pacing_quality.py
+	$(BIN)/python bench/engine_load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -9,7 +9,7 @@ returning means the PBX accepted it, not that the call did what was asked.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
@@ -84,6 +84,28 @@ class Telephony(Protocol):
 
     async def originate(self, request: OriginateRequest) -> None:
         """Place a call. Returns once the PBX queued it; many may be in flight at once."""
+        ...
+
+    async def adopt(self, call_ids: Collection[str]) -> set[str]:
+        """Follow calls that an earlier process originated with these call ids.
+
+        For a restart after a crash: the ids are the `OriginateRequest.call_id`s the earlier
+        process used. Returns the ids that are live on the PBX now (listing: AMI
+        `CoreShowChannels`, ARI `GET /channels`). From then on each returned call behaves as if
+        this backend had originated it: its events arrive on `events()` (ANSWERED, AMD,
+        BRIDGED, ..., exactly one HANGUP), and connect_to_agent / play_and_hangup / hangup /
+        transfers work on it. Ids not returned are not live (the caller treats them as ended
+        with no known result); no event is ever emitted for them.
+
+        What happened before the adoption is not replayed, with one exception: a returned call
+        that is answered and has no agent (none bridged, being dialled or parked by a hold: it
+        waits in the dialplan or in Stasis for the dialer) gets one ANSWERED with `detail`
+        "adopted", and its AMD verdict if one is known, because the caller may have died before
+        seeing them and the call waits for it.
+        A call already bridged with an agent gets no BRIDGED; its later UNBRIDGED and HANGUP
+        come as usual. Ids already followed by this backend are returned as they are.
+        Raises BackendUnavailable when the link is down (nothing is adopted then).
+        """
         ...
 
     async def connect_to_agent(self, call_id: str, agent_endpoint: str) -> None:

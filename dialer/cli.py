@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import click
 from sqlalchemy import Engine, func, select
 
+from dialer.agents import AgentError
 from dialer.campaigns import (
     ABANDON_PROFILES,
     CampaignError,
@@ -57,6 +58,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 #: Errors that are the user's to fix: print the message, exit 2, no traceback.
 USER_ERRORS = (
+    AgentError,
     CampaignError,
     DispositionError,
     DncError,
@@ -770,6 +772,112 @@ def db_upgrade(ctx: Ctx) -> None:
     click.echo(f"schema up to date at {ctx.url}")
 
 
+@main.command("run")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="The run configuration (TOML): PBXs, SMS, webhook, HTTP API. See docs/engine.md.",
+)
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.pass_context
+def run(ctx: click.Context, config_file: Path, log_level: str) -> None:
+    """Run the dialer service of this node until SIGTERM or Ctrl-C."""
+    import asyncio
+    import logging
+
+    from dialer.service import ConfigError, load_config, run_service
+
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(config_file)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from None
+    # --db / $PACELINE_DB win over the file's `database`, like every other command.
+    url = ctx.obj.url if ctx.find_root().params.get("url") or os.environ.get("PACELINE_DB") \
+        else None
+    import contextlib
+
+    from cti.interface import TelephonyError
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(run_service(cfg, db_url=url))
+    except* TelephonyError as group:
+        # A wrong secret, or no PBX at the configured address: one line naming it.
+        raise UserError("; ".join(str(e) for e in group.exceptions)) from None
+
+
+@main.group()
+def agent() -> None:
+    """Agents: create them, assign campaigns."""
+
+
+@agent.command("add")
+@click.argument("username")
+@click.option("--endpoint", required=True, help="The agent's phone, e.g. PJSIP/agent101.")
+@click.option("--name", default=None)
+@click.option("--group", "groups", multiple=True, help="Agent group (repeatable).")
+@pass_ctx
+@user_errors
+def agent_add(ctx: Ctx, username: str, endpoint: str, name: str | None,
+              groups: Sequence[str]) -> None:
+    """Create agent USERNAME."""
+    from dialer.agents import create_agent
+    from dialer.db import write_transaction
+
+    with write_transaction(ctx.engine) as conn:
+        create_agent(conn, username, endpoint, name=name, groups=groups)
+    click.echo(f"agent {username} ({endpoint}) created")
+
+
+@agent.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@pass_ctx
+def agent_list(ctx: Ctx, as_json: bool) -> None:
+    """List agents with their last known state."""
+    from dialer.agents import load_agents
+
+    with ctx.engine.connect() as conn:
+        agents = load_agents(conn)
+    data: list[dict[str, Any]] = [
+        {"username": a.username, "endpoint": a.endpoint, "state": a.state.value,
+         "pause_code": a.pause_code, "groups": sorted(a.groups)}
+        for a in agents
+    ]
+
+    def text() -> None:
+        for a in data:
+            click.echo(f"{a['username']:<16} {a['endpoint']:<24} {a['state']:<11} "
+                       f"{','.join(a['groups'])}")
+
+    _emit(data, as_json, text)
+
+
+@agent.command("assign")
+@click.argument("campaign_ref")
+@click.option("--group", "groups", multiple=True)
+@click.option("--position", "positions", multiple=True, help="An endpoint (a desk's phone).")
+@click.option("--user", "users", multiple=True)
+@pass_ctx
+@user_errors
+def agent_assign(ctx: Ctx, campaign_ref: str, groups: Sequence[str], positions: Sequence[str],
+                 users: Sequence[str]) -> None:
+    """Assign campaign CAMPAIGN_REF to agent groups, positions or single users."""
+    from dialer.agents import assign_campaign
+    from dialer.db import write_transaction
+
+    with write_transaction(ctx.engine) as conn:
+        cid = find_campaign_id(conn, campaign_ref)
+        for kind, values in (("group", groups), ("position", positions), ("user", users)):
+            for v in values:
+                assign_campaign(conn, cid, kind, v)
+    click.echo(f"campaign {campaign_ref}: assigned")
+
+
 @main.command("demo")
 @click.option(
     "--db-file",
@@ -777,11 +885,20 @@ def db_upgrade(ctx: Ctx) -> None:
     default=None,
     help="SQLite file to use (default: a fresh file in a temporary folder).",
 )
-def demo(db_file: Path | None) -> None:
-    """Run the demo on embedded defaults (SQLite)."""
+@click.option("--contacts", type=click.IntRange(10, 100_000), default=400, show_default=True,
+              help="Synthetic contacts to dial, besides the sample list.")
+@click.option("--agents", type=click.IntRange(1, 500), default=15, show_default=True)
+@click.option("--time-scale", type=click.FloatRange(0.001, 1.0), default=0.02,
+              show_default=True, help="Wall seconds per virtual second (0.02: 50x fast).")
+@click.option("--minutes", type=float, default=40.0, show_default=True,
+              help="Stop after this many virtual minutes at the latest.")
+def demo(db_file: Path | None, contacts: int, agents: int, time_scale: float,
+         minutes: float) -> None:
+    """Run the demo on embedded defaults: SQLite, the Asterisk emulator, simulated agents."""
     from dialer.demo import run_demo
 
-    run_demo(db_file)
+    run_demo(db_file, contacts=contacts, agents=agents, time_scale=time_scale,
+             minutes=minutes)
 
 
 @main.group()
@@ -849,16 +966,30 @@ def sim_run(scenario: Path, out_json: Path | None, out_png: Path | None, seed: i
 )
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--time-scale", type=float, default=1.0, show_default=True)
-def sim_pbx(ami_port: int, ari_port: int | None, host: str, time_scale: float) -> None:
+@click.option(
+    "--population",
+    type=click.Choice(["deterministic", "realistic"]),
+    default="deterministic",
+    show_default=True,
+    help="Who answers: by number suffix (0017 busy, 0666 machine...), or drawn at random "
+    "with realistic weights (35% people, 15% machines, 30% no answer...).",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+def sim_pbx(ami_port: int, ari_port: int | None, host: str, time_scale: float,
+            population: str, seed: int) -> None:
     """Run the Asterisk 20 emulator (AMI; ARI with --ari-port) until interrupted. Port 0: any."""
     import asyncio
     import contextlib
 
     from sim.pbx.runner import run_pbx
+    from sim.population import Population, deterministic_test_population
+
+    people = deterministic_test_population() if population == "deterministic" else Population()
 
     async def serve() -> None:
         async with run_pbx(
-            host=host, ami_port=ami_port, time_scale=time_scale, ari_port=ari_port
+            host=host, ami_port=ami_port, time_scale=time_scale, ari_port=ari_port,
+            population=people, seed=seed,
         ) as pbx:
             click.echo(f"AMI listening on {host}:{pbx.ami_port}")
             if pbx.ari_port is not None:

@@ -202,6 +202,15 @@ class DncSource(StrEnum):
     AGENT = "agent"
 
 
+#: `contacts.state_reason` is a VARCHAR(200) (PostgreSQL refuses a longer value).
+REASON_CHARS = 200
+
+
+def clip_reason(text: str) -> str:
+    """`text` cut to fit `contacts.state_reason`, marked with an ellipsis when cut."""
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"
+
+
 #: Length limits from the data contract; the importer and the CLI enforce them.
 MAX_PHONES = 5
 MAX_PHONE_CHARS = 28

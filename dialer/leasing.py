@@ -14,6 +14,10 @@ the strategy planner, or closed (every number on DNC).
 A lease that is not settled before it expires returns the contact to the state it was leased
 from, at the start of the next lease of that campaign (or through `release_expired_leases`).
 
+A private callback (`callback_scheduled` with `callback_agent` set, from an R disposition of
+private scope; see `dialer.wrapup`) belongs to one agent: the general lease skips it, and only
+`lease_private_callbacks` for that agent hands it out, with the same checks.
+
 The statements are built once, with bound parameters, because a lease runs on every pacing
 tick: building and cache-keying them per call cost more than some of them take to run.
 """
@@ -32,6 +36,7 @@ from sqlalchemy import (
     Select,
     bindparam,
     case,
+    or_,
     select,
     text,
     update,
@@ -57,6 +62,7 @@ from dialer.domain import (
     IllegalTransition,
     Outcome,
     check_contact_transition,
+    clip_reason,
 )
 from strategies.compliance import (
     ComplianceConfigError,
@@ -79,8 +85,6 @@ MAX_ROUNDS = 8
 #: The extras stay locked until the transaction ends, and are not leased.
 OVERFETCH = 0.02
 
-#: `contacts.state_reason` is a VARCHAR(200); PostgreSQL refuses a longer value.
-REASON_CHARS = 200
 
 #: The literal form of "out with a dialer", as the partial index `ix_contacts_lease_expiry`
 #: spells it (a bound parameter would stop PostgreSQL's generic plans from using the index).
@@ -128,7 +132,7 @@ class LeasedContact:
 # --- statements --------------------------------------------------------------------------------
 
 
-def _candidates_statement(in_zones: bool) -> AnySelect:
+def _candidates_statement(in_zones: bool, *, private: bool = False) -> AnySelect:
     stmt = (
         select(
             Contact.id, Contact.state, Contact.tz, Contact.external_id, Contact.next_phone,
@@ -146,13 +150,35 @@ def _candidates_statement(in_zones: bool) -> AnySelect:
         .order_by(Contact.priority.desc(), Contact.due_at, Contact.id)
         .limit(bindparam("n", type_=Integer()))
     )
+    if private:
+        # One agent's private callbacks. `LEASABLE_SQL` stays in the predicate so that both
+        # databases can still prove the partial lease index applies.
+        stmt = stmt.where(
+            Contact.state == ContactState.CALLBACK_SCHEDULED.value,
+            Contact.callback_agent == bindparam("agent"),
+        )
+    else:
+        # Private callbacks wait for their agent. Only the state makes a callback private: a
+        # `callback_agent` left behind on a contact in another state does not hide it. Neither
+        # column is in the index: the filter is checked on the rows the index walk reads anyway,
+        # so the walk still needs no sort.
+        stmt = stmt.where(
+            or_(
+                Contact.callback_agent.is_(None),
+                Contact.state != ContactState.CALLBACK_SCHEDULED.value,
+            )
+        )
     if in_zones:
         stmt = stmt.where(Contact.tz.in_(bindparam("zones", expanding=True)))
     return stmt
 
 
-#: Keyed by "filtered on zones".
-_CANDIDATES = {False: _candidates_statement(False), True: _candidates_statement(True)}
+#: Keyed by (private callbacks of one agent, filtered on zones).
+_CANDIDATES = {
+    (private, in_zones): _candidates_statement(in_zones, private=private)
+    for private in (False, True)
+    for in_zones in (False, True)
+}
 
 _LEASE = (
     update(Contact)
@@ -208,25 +234,31 @@ _REPLAN = (
 
 
 def _candidate_params(
-    campaign_id: int, n: int, now: datetime, zones: Collection[str] | None
+    campaign_id: int, n: int, now: datetime, zones: Collection[str] | None,
+    agent: str | None = None,
 ) -> dict[str, Any]:
     values: dict[str, Any] = {"campaign_id": campaign_id, "n": n, "now": now}
     if zones is not None:
         values["zones"] = sorted(zones)
+    if agent is not None:
+        values["agent"] = agent
     return values
 
 
 def lease_candidates_query(
-    campaign_id: int, n: int, now: datetime, zones: set[str] | None
+    campaign_id: int, n: int, now: datetime, zones: set[str] | None, agent: str | None = None
 ) -> AnySelect:
     """The first `n` due, leasable contacts of the campaign, in lease order.
 
     `zones` limits the contacts to those time zones (None: any zone). The predicate on the state
     is the literal `LEASABLE_SQL`, and the order is the column order of `ix_contacts_lease`, so
     both databases walk that partial index and stop after `n` rows: no sort, no scan of
-    contacts that are not leasable. This is the statement `lease_due_contacts` runs.
+    contacts that are not leasable. This is the statement `lease_due_contacts` runs; with
+    `agent`, the one `lease_private_callbacks` runs for that agent.
     """
-    return _CANDIDATES[zones is not None].params(_candidate_params(campaign_id, n, now, zones))
+    return _CANDIDATES[agent is not None, zones is not None].params(
+        _candidate_params(campaign_id, n, now, zones, agent)
+    )
 
 
 def _claim(stmt: _Sel, conn: Connection) -> _Sel:
@@ -286,8 +318,29 @@ def lease_due_contacts(
     zone, DNC on the number it would dial next), and the allowed ones move to `sent_to_dialer`
     with `leased_by=node_id` until `now + lease_ttl_s`. Refused ones are rescheduled, moved on
     to their next usable number, or closed, and more candidates are fetched in their place.
+    Private callbacks (`callback_agent` set) are left for `lease_private_callbacks`.
     Raises LookupError for an unknown campaign.
     """
+    return _lease(engine, campaign_id, n, now, node_id, agent=None)
+
+
+def lease_private_callbacks(
+    engine: Engine, campaign_id: int, agent: str, n: int, now: datetime, node_id: str
+) -> list[LeasedContact]:
+    """Lease up to `n` of `agent`'s due private callbacks in the campaign to `node_id`.
+
+    The same transaction, order and checks as `lease_due_contacts` (expired leases returned
+    first, calling hours, DNC), limited to `callback_scheduled` contacts whose
+    `callback_agent` is `agent`. The lease keeps `callback_agent`, so a lease that expires
+    unused returns the callback to the same agent. Raises LookupError for an unknown campaign.
+    """
+    return _lease(engine, campaign_id, n, now, node_id, agent=agent)
+
+
+def _lease(
+    engine: Engine, campaign_id: int, n: int, now: datetime, node_id: str, *, agent: str | None
+) -> list[LeasedContact]:
+    """The lease itself: the general pool (`agent` None) or one agent's private callbacks."""
     if n <= 0:
         return []
     with write_transaction(engine) as conn:
@@ -312,8 +365,8 @@ def lease_due_contacts(
             want = n - len(leased)
             fetch = want + max(1, int(want * OVERFETCH))
             rows = conn.execute(
-                _claim(_CANDIDATES[zone_filter is not None], conn),
-                _candidate_params(campaign_id, fetch, now, zone_filter),
+                _claim(_CANDIDATES[agent is not None, zone_filter is not None], conn),
+                _candidate_params(campaign_id, fetch, now, zone_filter, agent),
             ).all()
             candidates = [_candidate(r) for r in rows]
             allowed = screen.allowed(candidates)
@@ -486,5 +539,4 @@ class _Screen:
 
 
 def _reason(*refusals: Refusal, note: str | None = None) -> str:
-    text_ = "; ".join([*(str(r) for r in refusals), *([note] if note else [])])
-    return text_ if len(text_) <= REASON_CHARS else text_[: REASON_CHARS - 1] + "…"
+    return clip_reason("; ".join([*(str(r) for r in refusals), *([note] if note else [])]))

@@ -35,6 +35,7 @@ def contact_row(campaign_id: int, now: datetime, **values: Any) -> dict[str, Any
         "priority": 0,
         "due_at": now,
         "attempt_count": 0,
+        "next_step": 0,  # what the importer's planner sets for a new contact
         "next_phone": 1,
         "next_channel": "voice",
         "created_at": now,

@@ -24,6 +24,7 @@ from cti.redact import luhn_ok, mask_pan, redact
 from dialer.domain import Outcome
 from sim.pbx import core
 from sim.pbx.ari_server import AriServer
+from tests.asterisk_conf import dialplan
 from tests.telephony_scenarios import Recorder
 from tests.test_ari_telephony import (  # noqa: F401  (fixtures)
     CARD,
@@ -78,29 +79,10 @@ async def connected_call(tel: Tel, agent: str = "Local/1001@agents") -> str:
 
 
 # ----- 1. AMD: paceline-amd hands every verdict back to our app -----------------------------
-def parse_dialplan(text: str) -> dict[str, dict[str, list[tuple[str, str]]]]:
-    """extensions.conf -> context -> extension -> [(application, data)], in priority order."""
-    contexts: dict[str, dict[str, list[tuple[str, str]]]] = {}
-    context = exten = ""
-    for raw in text.splitlines():
-        line = raw.split(";", 1)[0].strip()
-        if line.startswith("[") and line.endswith("]"):
-            context = line[1:-1]
-            contexts[context] = {}
-        elif line.startswith(("exten =>", "same =>")):
-            body = line.split("=>", 1)[1].strip()
-            if line.startswith("exten"):
-                exten, body = body.split(",", 1)
-            body = body.split(",", 1)[1]  # the priority: 1, n or n(label)
-            app, _, data = body.partition("(")
-            contexts[context].setdefault(exten, []).append((app.strip(), data[:-1]))
-    return contexts
-
-
 def test_paceline_amd_context_is_defined_and_the_emulator_runs_the_same_steps() -> None:
-    plan = parse_dialplan(DIALPLAN_FILE.read_text())
     telephony = AriTelephony("http://127.0.0.1:1", "u", "p")
-    steps = plan[telephony.amd_context][telephony.amd_extension]
+    context = dialplan(DIALPLAN_FILE)[telephony.amd_context]
+    steps = [(app, data) for _, app, data in context.steps(telephony.amd_extension)]
     assert steps == [
         ("AMD", ""),
         ("Stasis", "${PACELINE_APP},amd,${AMDSTATUS}"),

@@ -84,3 +84,25 @@ def test_pacing_speed_bench_runs_small() -> None:
     assert re.search(r"^scalar pure Python: [\d.]+ ms per tick", proc.stdout, re.M)
     assert re.search(r"^outputs equal: yes$", proc.stdout, re.M), proc.stdout
     assert re.search(r"^ratio: scalar / vectorized = [\d.]+x \(goal >= 50x", proc.stdout, re.M)
+
+
+def test_engine_load_bench_runs_small() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "engine_load.py"), "--agents", "10",
+         "--contacts", "300", "--warmup", "1", "--duration", "2", "--scale", "0.1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert re.search(r"^engine load: 10 simulated agents, one predictive campaign of 300 "
+                     r"contacts, backend AMI, database sqlite", out, re.M), out
+    assert re.search(r"^emulator: in its own process .*time scale 0\.1", out, re.M), out
+    assert re.search(r"^population: human \d+%", out, re.M), out
+    assert re.search(r"^originates: [\d,]+ = [\d,.]+/s sustained", out, re.M), out
+    assert re.search(r"^pacing tick: [\d,]+ ticks, p50 [\d.]+ ms, p99 [\d.]+ ms", out, re.M), out
+    assert re.search(r"^answer to bridge: [\d,]+ bridged, p50 ([\d.]+|nan) ms, p99", out, re.M)
+    assert re.search(r"^abandon rate: [\d,]+ of [\d,]+ live answers", out, re.M), out
+    assert re.search(r"^CPU: engine process \d+% of one core", out, re.M), out
+    assert re.search(r"^(PASS|FAIL)  originates sustained [\d,.]+/s \(goal >= 100/s\)", out, re.M)
+    assert re.search(r"^(PASS|FAIL)  answer-to-bridge p99 ([\d.]+|nan) ms \(goal < 200 ms\)",
+                     out, re.M), out

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from dialer import pacing, pacing_model
 from dialer.pacing import (
     MODES,
     Pacer,
@@ -150,6 +151,19 @@ def test_pacer_window_counts_live_answers_and_abandons_at_the_snapshot_time() ->
     assert pacer.window_counts() == (0.0, 0.0)
 
 
+def test_a_seeded_window_holds_a_restarted_pacer_at_the_cap() -> None:
+    """A dialer that restarts carries the window's abandons over: a pacer seeded at the cap
+    dials no faster than the cap allows, where a fresh one spends the budget again."""
+    fresh, seeded = Pacer(window_s=3600.0), Pacer(window_s=3600.0)
+    seeded.seed_window(0.0, live=1000, abandons=30)
+    assert seeded.window_counts(0.0) == (1000.0, 30.0)
+    assert seeded.effective_target(0.0) == 0.0
+    assert fresh.effective_target(0.0) > 0.0
+    # They leave the window no earlier than window_s after the seed.
+    assert seeded.window_counts(3599.0) == (1000.0, 30.0)
+    assert seeded.window_counts(3600.0 + 3600.0 / 64 + 1) == (0.0, 0.0)
+
+
 # ---- conditional probabilities vs Monte Carlo -------------------------------------------
 
 
@@ -237,6 +251,20 @@ def test_poisson_binomial_large_rows_match_the_scalar_dp() -> None:
     p = rng.random((2, 203)) * 0.6
     got = poisson_binomial(p)
     for row in range(2):
+        np.testing.assert_allclose(got[row], scalar_pb(list(p[row])), atol=1e-13)
+
+
+@pytest.mark.parametrize("items", [203, 1100])
+def test_poisson_binomial_in_blocks_matches_the_scalar_dp(
+    items: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Blocks of 2 rows with 5 rows: two full blocks and a partial one. 203 items take the
+    # DFT-matrix spectra; 1,100 items (a 2,048-point transform) take the FFT.
+    monkeypatch.setattr(pacing_model, "BLOCK_ROWS", 2)
+    rng = np.random.default_rng(items)
+    p = rng.random((5, items)) * 0.6
+    got = poisson_binomial(p)
+    for row in range(5):
         np.testing.assert_allclose(got[row], scalar_pb(list(p[row])), atol=1e-13)
 
 
@@ -481,6 +509,17 @@ def test_vectorized_math_equals_the_scalar_reference() -> None:
     ]
     assert got.tolist() == want
     assert len(set(want)) > 1  # the cases differ, so the comparison means something
+
+
+def test_campaign_blocks_do_not_change_the_decisions(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(5)
+    pacers = [warmed(seed=i, calls=800, handles=200) for i in range(8)]
+    snaps = [random_snapshot(rng, 60.0) for _ in pacers]
+    caps = np.array([p.predictive_cap(s) for p, s in zip(pacers, snaps, strict=True)])
+    whole = predictive_decisions(pacers, snaps, caps)
+    monkeypatch.setattr(pacing, "BLOCK_CAMPAIGNS", 3)  # blocks of 3, 3 and 2 campaigns
+    assert predictive_decisions(pacers, snaps, caps).tolist() == whole.tolist()
+    assert len(set(whole.tolist())) > 1
 
 
 def test_choose_calls_scan_and_bisection_agree_with_a_linear_scan() -> None:

@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, MetaData, insert
 
 from cti.events import CallEvent, CallEventKind
 from cti.screenpop import ScreenPopper, lookup_caller, normalize_ani
 from dialer.campaigns import create_campaign
 from dialer.db import make_engine, migrate, write_transaction
-from dialer.db.models import Attempt, Contact
+from dialer.db.models import Attempt
 from dialer.importer import import_contacts
 from tests.factories import contact_row
 
@@ -167,6 +167,13 @@ def test_contacts_imported_without_external_id_are_found_too(
     assert [c.slots for c in pop.contacts] == [(1,), (3,)]
 
 
+def _as_stored(value: object, db: str) -> object:
+    """What UtcDateTime would store: SQLite keeps naive UTC text."""
+    if db == "sqlite" and isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
 @pytest.mark.parametrize("db", ["sqlite", "postgresql"])
 def test_migration_backfills_contact_phones_from_existing_contacts(
     db: str, tmp_path: Path, request: pytest.FixtureRequest
@@ -177,11 +184,25 @@ def test_migration_backfills_contact_phones_from_existing_contacts(
     eng = make_engine(url)
     try:
         migrate(eng, "0002")
-        cid = create_campaign(eng, "old", NOW)
-        row = contact_row(cid, NOW, external_id="X1", phone1="+12125550142",
-                          phone3="+12125550199")
+        # Rows are written through the 0002 tables as the database has them (reflected), not
+        # through today's models, which know columns later migrations add.
         with write_transaction(eng) as conn:
-            conn.execute(insert(Contact), [row])
+            old = MetaData()
+            old.reflect(conn, only=["strategies", "campaigns", "contacts"])
+            sid = conn.scalar(insert(old.tables["strategies"]).values(
+                name="default", definition={"name": "default", "steps": [{"phone": 1}]},
+                created_at=_as_stored(NOW, db)).returning(old.tables["strategies"].c.id))
+            cid = conn.scalar(insert(old.tables["campaigns"]).values(
+                name="old", channel="voice", dial_mode="progressive", state="draft",
+                strategy_id=sid, default_region="US", default_timezone="America/New_York",
+                holidays=[], abandon_target=0.03, abandon_window_s=86400, uk_rules=False,
+                lease_ttl_s=300, created_at=_as_stored(NOW, db), updated_at=_as_stored(NOW, db),
+            ).returning(old.tables["campaigns"].c.id))
+            row = contact_row(cid, NOW, external_id="X1", phone1="+12125550142",
+                              phone3="+12125550199")
+            known = set(old.tables["contacts"].c.keys())
+            conn.execute(insert(old.tables["contacts"]),
+                         [{k: _as_stored(v, db) for k, v in row.items() if k in known}])
         migrate(eng, "0003")
         assert [(c.external_id, c.slots) for c in lookup_caller(eng, "+12125550199").contacts] == [
             ("X1", (3,))

@@ -22,7 +22,8 @@ that ended meanwhile gets its HANGUP), and emits `BACKEND_UP`. `__aexit__` stops
 
 Contract for originate: if `originate()` returns, the call gets exactly one HANGUP event later,
 even if the link drops before Asterisk's reply (the resync decides). If it raises, nothing was
-dialed.
+dialed. `adopt()` takes over the calls of a process that died (see `Telephony.adopt` and
+docs/cti.md, "Adopting calls after a restart"); each returned call gets its one HANGUP too.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from types import TracebackType
 from typing import Self
 
@@ -178,7 +179,10 @@ class AmiTelephony:
 
     def _on_event(self, message: AmiMessage) -> None:
         self.ami_events += 1
-        events = self.tracker.feed(message)
+        self._publish(self.tracker.feed(message))
+
+    def _publish(self, events: Iterable[CallEvent]) -> None:
+        """Tracker output onto the event stream; wakes the commands waiting on the tracker."""
         for event in events:
             if event.kind is CallEventKind.HANGUP:
                 self._held.pop(event.call_id, None)
@@ -223,6 +227,10 @@ class AmiTelephony:
                 self._emit(CallEventKind.BACKEND_DOWN, f"fatal: {exc}")
                 return None
             except (BackendUnavailable, OSError) as exc:
+                if self._closing:
+                    # Closed meanwhile: on 3.11 `wait_for` in the login may have swallowed
+                    # the cancellation (its inner task failed at the same moment).
+                    return None
                 log.info("AMI reconnect failed (%s); next try in %.1f s", exc, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._backoff_max)
@@ -333,7 +341,7 @@ class AmiTelephony:
     async def originate(self, request: OriginateRequest) -> None:
         self._validate(request)
         conn = self._require_link()
-        if request.call_id in self.tracker.live_calls():
+        if self.tracker.is_live(request.call_id):
             raise TelephonyError(f"call id {request.call_id!r} is already in progress")
         action_id = conn.next_action_id()
         fields: list[tuple[str, str]] = [
@@ -378,6 +386,62 @@ class AmiTelephony:
             # Refused by Asterisk, or never written: nothing was dialed.
             self.tracker.originate_refused(request.call_id)
             raise
+
+    async def adopt(self, call_ids: Collection[str]) -> set[str]:
+        """Follow calls an earlier process originated (see `Telephony.adopt`).
+
+        The root of such a call has the call id as its Uniqueid (`ChannelId`), so one
+        `CoreShowChannels` finds them all; the tracker learns their `;2` halves, legs and
+        bridges from the same listing, exactly as the reconnect resync does. Events of these
+        channels that arrive while the listing is on its way are held and replayed after it,
+        so none is lost. An answered, unbridged call also gets its AMD verdict read back
+        (`Getvar AMDSTATUS`/`AMDCAUSE`): AMD may have finished before the adoption."""
+        conn = self._require_link()
+        wanted = [c for c in dict.fromkeys(call_ids) if _CALL_ID.fullmatch(c)]
+        live = self.tracker.live_calls()
+        followed = {c for c in wanted if c in live}
+        pending = self.tracker.begin_adopt(wanted)
+        if not pending:
+            return followed
+        try:
+            items = await conn.list_action("CoreShowChannels", timeout=self._action_timeout)
+        except BaseException as exc:
+            self.tracker.cancel_adopt(pending)
+            if isinstance(exc, ReplyTimeout):
+                raise BackendUnavailable(
+                    "AMI CoreShowChannels got no answer; nothing was adopted", detail=str(exc)
+                ) from exc
+            raise
+        adopted, events = self.tracker.finish_adopt(pending, items)
+        self._publish(events)
+        log.info("adopted %d of %d calls still live on the PBX", len(adopted), len(pending))
+        await asyncio.gather(
+            *(
+                self._read_back_amd(call_id)
+                for call_id in sorted(adopted)
+                if self.tracker.needs_amd_readback(call_id)
+            )
+        )
+        return followed | adopted
+
+    async def _read_back_amd(self, call_id: str) -> None:
+        """The AMD verdict an adopted call got before we followed it (its VarSet events went
+        to the earlier process). Nothing when AMD did not run, or has not finished: then its
+        VarSet events are still to come."""
+        root = self.tracker.channel_of(call_id)
+        if root is None:
+            return
+        try:
+            reply = await self._act("Getvar", ("Channel", root), ("Variable", "AMDSTATUS"))
+            status = reply.get("Value", "") or ""
+            if not status:
+                return
+            reply = await self._act("Getvar", ("Channel", root), ("Variable", "AMDCAUSE"))
+            cause = reply.get("Value", "") or ""
+        except TelephonyError as exc:  # hung up meanwhile, or the link dropped: its events say
+            log.info("AMD read-back of adopted %s failed: %s", call_id, exc)
+            return
+        self._publish(self.tracker.note_amd(call_id, status, cause))
 
     async def hangup(self, call_id: str, cause: int = 16) -> None:
         root = self._root(call_id)

@@ -27,6 +27,11 @@ to get wrong:
   waiting in a queue hears music too (between QueueCallerJoin and QueueCallerLeave): that is
   `QUEUED`, not `HELD`. The agent answering shows as BridgeEnter like any other connect.
 
+Calls of an earlier process (a restart) are taken over with `begin_adopt` / `finish_adopt`
+from a `CoreShowChannels` listing; the real listing of capture 02 shows what that relies on:
+the `;2` halves and the agent legs (and their `;2` halves) share the root's `Linkedid`, and
+the root and its agent leg name the same `BridgeId`.
+
 The tracker never raises on wire input: an event it cannot use is counted in `skipped` (missing
 fields) or ignored (events it has no use for), and the next event is processed normally.
 """
@@ -130,6 +135,9 @@ class ChannelTracker:
         # keep arriving may predate them, so they are never judged gone by that listing.
         self._touched: set[str] = set()
         self._known_at_resync: set[str] = set()
+        # Calls being adopted (`begin_adopt`): their events are held here until the listing
+        # has said what state they are in, then replayed (`finish_adopt`).
+        self._adopting: dict[str, list[Mapping[str, str]]] = {}
         self._handlers: dict[str, Callable[[Mapping[str, str]], list[CallEvent]]] = {
             "newchannel": self._newchannel,
             "newstate": self._newstate,
@@ -181,6 +189,11 @@ class ChannelTracker:
             self._by_action.pop(call.action_id, None)
             self._by_channel_id.pop(call.root_uid, None)
 
+    def is_live(self, call_id: str) -> bool:
+        """Whether `call_id` is a call in progress. O(1): `live_calls` builds a dict of all."""
+        call = self._calls.get(call_id)
+        return call is not None and not call.ended
+
     def live_calls(self) -> dict[str, str]:
         """The calls in progress: call id -> root channel name ("" before the channel exists)."""
         return {cid: c.root_name for cid, c in self._calls.items() if not c.ended}
@@ -226,6 +239,8 @@ class ChannelTracker:
         handler = self._handlers.get(name.lower())
         if handler is None:
             return []
+        if self._adopting and self._hold_for_adoption(event):
+            return []
         try:
             out = handler(event)
         except KeyError as missing:
@@ -258,6 +273,173 @@ class ChannelTracker:
                 out += self._end(call, lost=True, detail="no channel appeared for the originate")
         return out
 
+    def begin_adopt(self, call_ids: Iterable[str]) -> list[str]:
+        """Start adopting calls an earlier process originated (their root `Uniqueid` is the call
+        id, as `ChannelId` made it); call before sending `CoreShowChannels`.
+
+        Returns the ids to adopt: those not followed already. From now on the events of their
+        channels (by `Uniqueid`, `Linkedid` or `DestUniqueid`) are held back, so that nothing
+        that happens while the listing is on its way is lost; `finish_adopt` replays them.
+        """
+        wanted = []
+        for call_id in call_ids:
+            if call_id in self._calls or call_id in self._adopting or call_id in wanted:
+                continue
+            wanted.append(call_id)
+            self._adopting[call_id] = []
+        return wanted
+
+    def cancel_adopt(self, call_ids: Iterable[str]) -> None:
+        """The listing failed: forget the pending adoptions (their held events too)."""
+        for call_id in call_ids:
+            self._adopting.pop(call_id, None)
+
+    def finish_adopt(
+        self, call_ids: Iterable[str], channels: Iterable[Mapping[str, str]]
+    ) -> tuple[set[str], list[CallEvent]]:
+        """Adopt the calls of `begin_adopt` that a `CoreShowChannels` listing shows alive.
+
+        Returns the adopted ids and the events to emit. An adopted call is followed from here
+        on like one of our own originates: its `;2` half, its other legs (same `Linkedid`) and
+        their bridges are learnt from the listing (`_absorb_listing`, the same code the
+        reconnect resync uses), so a call already bridged with an agent gets no BRIDGED now
+        but its UNBRIDGED and HANGUP later. A call that is answered and has no other leg than
+        its `;2` half (no agent connected, being dialled or parked by a hold) waits for the
+        dialer in the dialplan: it gets ANSWERED (`detail` "adopted"). Then the events
+        held since `begin_adopt` are replayed (they may end the call: it is still returned,
+        with its HANGUP). A call id whose root is not listed is not adopted and gets no event.
+        """
+        listed = self._listed(channels)
+        linked = self._by_linkedid(listed)
+        adopted: set[str] = set()
+        out: list[CallEvent] = []
+        for call_id in call_ids:
+            held = self._adopting.pop(call_id, None)
+            item = listed.get(call_id)
+            if held is None or item is None or call_id in self._calls:
+                continue
+            call = _Call(call_id=call_id, root_uid=call_id)
+            self._calls[call_id] = call
+            self._adopt_root(call, call_id, item.get("Channel", ""))
+            self._absorb_listing(call, listed, linked)
+            state = _int(item.get("ChannelState"))
+            call.answered = state == STATE_UP
+            call.ringing = state == STATE_RINGING
+            adopted.add(call_id)
+            if call.answered and call.peer is None and not call.legs:
+                # No agent (nor one being dialled, nor one parked by a hold): it waits for us.
+                out.append(self._ev(CallEventKind.ANSWERED, call, detail="adopted"))
+            for event in held:
+                out += self.feed(event)
+        return adopted, out
+
+    def note_amd(self, call_id: str, status: str, cause: str = "") -> list[CallEvent]:
+        """An AMD verdict read back with `Getvar` (an adopted call whose VarSet events went to
+        an earlier process). Ignored when a verdict is known already or `status` is empty."""
+        call = self._calls.get(call_id)
+        if call is None or call.ended or call.amd is not None or not status:
+            return []
+        call.amd, call.amd_cause = status, cause or None
+        return [self._amd_event(call)]
+
+    def needs_amd_readback(self, call_id: str) -> bool:
+        """An answered, unbridged call without a verdict: AMD may have run before adoption."""
+        call = self._calls.get(call_id)
+        return (
+            call is not None
+            and not call.ended
+            and call.answered
+            and call.peer is None
+            and not call.legs
+            and call.amd is None
+        )
+
+    def _hold_for_adoption(self, event: Mapping[str, str]) -> bool:
+        for key in ("Uniqueid", "Linkedid", "DestUniqueid"):
+            held = self._adopting.get(event.get(key, ""))
+            if held is not None:
+                held.append(event)
+                return True
+        return False
+
+    @staticmethod
+    def _listed(channels: Iterable[Mapping[str, str]]) -> dict[str, Mapping[str, str]]:
+        listed: dict[str, Mapping[str, str]] = {}
+        for item in channels:
+            uid = item.get("Uniqueid", "")
+            if uid:
+                listed[uid] = item
+        return listed
+
+    @staticmethod
+    def _by_linkedid(
+        listed: Mapping[str, Mapping[str, str]],
+    ) -> dict[str, list[Mapping[str, str]]]:
+        linked: dict[str, list[Mapping[str, str]]] = {}
+        for uid, item in listed.items():
+            linkedid = item.get("Linkedid", "")
+            if linkedid and linkedid != uid:
+                linked.setdefault(linkedid, []).append(item)
+        return linked
+
+    def _absorb_listing(
+        self,
+        call: _Call,
+        listed: Mapping[str, Mapping[str, str]],
+        linked: Mapping[str, list[Mapping[str, str]]],
+    ) -> bool:
+        """Learn a followed call's channels from a listing: legs we have not seen created
+        (same `Linkedid` as the root: the `;2` half, an agent leg dialled while we were not
+        looking), each channel's state and bridge, and the root's bridge peer. No events:
+        True when a bridge peer was learnt, and the caller decides what that means."""
+        for item in linked.get(call.root_uid, []):
+            uid = item.get("Uniqueid", "")
+            if uid in self._by_uid or uid in self._ended:
+                continue
+            self._attach_leg(call, uid, item.get("Channel", ""))
+        for uid in [call.root_uid, call.far_uid, *call.legs]:
+            chan = self._by_uid.get(uid)
+            seen = listed.get(uid)
+            if chan is None or seen is None:
+                continue
+            chan.state = _int(seen.get("ChannelState"), chan.state)
+            bridge = seen.get("BridgeId", "")
+            if bridge and chan.bridge != bridge:
+                if chan.bridge:
+                    self._bridges.get(chan.bridge, set()).discard(uid)
+                chan.bridge = bridge
+                self._bridges.setdefault(bridge, set()).add(uid)
+        root = self._by_uid.get(call.root_uid)
+        if root is None or not root.bridge or call.peer is not None:
+            return False
+        # The root's bridge peer: prefer one of the call's own legs (the agent leg).
+        others = [
+            item
+            for uid, item in listed.items()
+            if uid != call.root_uid and item.get("BridgeId") == root.bridge
+        ]
+        others.sort(key=lambda item: item.get("Uniqueid", "") not in call.legs)
+        if not others:
+            return False
+        call.peer = others[0].get("Channel") or None
+        return call.peer is not None
+
+    def _attach_leg(self, call: _Call, uid: str, name: str) -> None:
+        """Map a channel of `call` that is not its root: the root's `;2` half, or a leg."""
+        base = _local_base(name)
+        is_far = (
+            not call.far_uid
+            and base is not None
+            and name.endswith(";2")
+            and base == _local_base(call.root_name)
+        )
+        self._by_uid[uid] = _Channel(uid=uid, name=name, call=call, role="far" if is_far else "leg")
+        self._by_name[name] = uid
+        if is_far:
+            call.far_uid = uid
+        else:
+            call.legs.add(uid)
+
     def resync(self, channels: Iterable[Mapping[str, str]]) -> list[CallEvent]:
         """Reconcile with a `CoreShowChannels` listing taken after a reconnect.
 
@@ -265,13 +447,12 @@ class ChannelTracker:
         with events after that point are left alone. A live call whose root is not listed ended
         while we were not looking: it gets its HANGUP now, with the cause we knew (usually
         none: `cause` is None, the outcome `dangling` if it was never answered). A listed root
-        that went `Up` meanwhile gets its ANSWERED.
+        that went `Up` meanwhile gets its ANSWERED. Legs created meanwhile (same `Linkedid`)
+        are learnt from the listing, and a root found bridged with a peer we did not know gets
+        its BRIDGED.
         """
-        listed: dict[str, Mapping[str, str]] = {}
-        for listed_item in channels:
-            uid = listed_item.get("Uniqueid", "")
-            if uid:
-                listed[uid] = listed_item
+        listed = self._listed(channels)
+        linked = self._by_linkedid(listed)
         out: list[CallEvent] = []
         known = self._known_at_resync
         for call in list(self._calls.values()):
@@ -304,6 +485,9 @@ class ChannelTracker:
             ):
                 call.answered = True
                 out.append(self._ev(CallEventKind.ANSWERED, call))
+            if item is not None and self._absorb_listing(call, listed, linked):
+                # Bridged while we were not looking: the BRIDGED its BridgeEnter would give.
+                out.append(self._ev(CallEventKind.BRIDGED, call, peer=call.peer))
         for uid in [u for u in self._by_uid if u not in listed and u in known]:
             self._forget_channel(uid)
         self._touched.clear()
@@ -409,22 +593,7 @@ class ChannelTracker:
             return [self._ev(CallEventKind.DIALING, call)]
         owner = self._by_uid.get(linkedid)
         if owner is not None and linkedid != uid:
-            call = owner.call
-            base = _local_base(name)
-            is_far = (
-                owner.role == "root"
-                and not call.far_uid
-                and base is not None
-                and name.endswith(";2")
-                and base == _local_base(call.root_name)
-            )
-            role = "far" if is_far else "leg"
-            self._by_uid[uid] = _Channel(uid=uid, name=name, call=call, role=role)
-            self._by_name[name] = uid
-            if is_far:
-                call.far_uid = uid
-            else:
-                call.legs.add(uid)
+            self._attach_leg(owner.call, uid, name)
             return []
         if linkedid != uid:
             return []  # a leg of a call we do not follow, or of one that ended

@@ -56,6 +56,9 @@ the backend is open. `ApplicationReplaced` (another client took the app) and a 4
 reconnect are final: BACKEND_DOWN with the reason, no reconnect loop, and `originate` raises
 `BackendUnavailable` naming the cause.
 
+Restart: `adopt(call_ids)` takes over the calls of an earlier process with the same app name
+(Asterisk kept them in the app): see `AriTelephony.adopt` and docs/cti.md.
+
 No secret reaches a log line or an exception text: errors from aiohttp pass through
 `cti.redact` (they quote URLs).
 """
@@ -68,7 +71,7 @@ import contextlib
 import logging
 import random
 import re
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -78,7 +81,7 @@ import aiohttp
 from cti.ari.errors import AriAuthenticationFailed, Conflict, NotFound
 from cti.ari.rest import AriRestClient
 from cti.ari.tracker import AriTracker, LegRole
-from cti.ari.ws import AriEventDecoder
+from cti.ari.ws import AriEvent, AriEventDecoder
 from cti.events import CallEvent, CallEventKind
 from cti.interface import (
     AuthenticationFailed,
@@ -103,6 +106,12 @@ DTMF_RE = re.compile(r"^[0-9A-Da-d*#]+$")
 
 #: Playback states after which no PlaybackFinished will come (swagger `Playback.state`).
 PLAYBACK_ENDED = frozenset({"done", "failed"})
+
+#: The ids this backend gives a call's other legs: `<call_id>.agent<n>`, `.consult<n>`, and
+#: playbacks `.pb<n>` (see `_next`).
+_LEG_ID_RE = re.compile(r"^(?P<call>.+)\.(?P<kind>agent|consult|pb)(?P<n>[0-9]+)$")
+#: `PJSIP/agent7-0000000a` -> `PJSIP/agent7`; `Local/1001@agents-0000000c;1` -> `Local/1001@agents`
+_CHANNEL_SUFFIX_RE = re.compile(r"-[0-9a-fA-F]+(;[12])?$")
 
 
 class ApplicationReplaced(TelephonyError):
@@ -195,6 +204,9 @@ class AriTelephony:
         self._posting: set[str] = set()  # channel ids whose POST /channels is in flight
         self._verify_after_post: set[str] = set()  # ... that a resync could not judge
         self._disowned: dict[str, None] = {}  # originates given up on; hang up if they show
+        #: calls being adopted -> their events held until the adoption is done (`adopt`)
+        self._adopting: dict[str, list[AriEvent]] = {}
+        self._resyncs = 0  # bumped by every successful reconnect
         self._rng = random.Random()  # backoff jitter only
 
     # ----- lifecycle ---------------------------------------------------------------------
@@ -390,6 +402,7 @@ class AriTelephony:
                 continue
             self._ws = ws
             self._connected = True
+            self._resyncs += 1
             log.info("ARI event link up again; %d channels live", len(channels))
             self._publish(CallEvent(kind=CallEventKind.BACKEND_UP, call_id=""))
             return ws
@@ -399,7 +412,7 @@ class AriTelephony:
         snapshot = {str(c.get("id", "")): c for c in channels if isinstance(c, Mapping)}
         for listed_id, listed in snapshot.items():
             if self._tracker.role_of(listed_id) is None:
-                self._adopt(listed_id, listed)
+                self._untracked_in_snapshot(listed_id, listed)
         unsure = set(self._tracker.unsure_legs(confirmed_by))
         for channel_id in self._tracker.channel_ids():
             role = self._tracker.role_of(channel_id)
@@ -434,9 +447,10 @@ class AriTelephony:
             what = f"check of {ident}"
             self._spawn(what, self._retrying, what, self._verify_leg, ident)
 
-    def _adopt(self, channel_id: str, chan: Mapping[str, Any]) -> None:
+    def _untracked_in_snapshot(self, channel_id: str, chan: Mapping[str, Any]) -> None:
         """A channel in a snapshot that we do not track: one we disowned is hung up; one in
-        our app's Stasis is an inbound call whose StasisStart was lost."""
+        our app's Stasis is an inbound call whose StasisStart was lost (unless its Stasis
+        arguments say it is a leg of an earlier process: it waits for `adopt`)."""
         if channel_id in self._disowned:
             del self._disowned[channel_id]
             self._spawn(f"hangup of disowned {channel_id}", self._hangup_quietly, channel_id)
@@ -544,6 +558,18 @@ class AriTelephony:
                 f"another ARI client registered application {self.app!r}; this backend stops",
                 detail="run one dialer per ARI app name",
             )
+        channel_id = event.channel_id
+        if self._adopting and channel_id:
+            held = self._adopting.get(channel_id)
+            if held is None:
+                match = _LEG_ID_RE.match(channel_id)
+                held = self._adopting.get(match["call"]) if match else None
+            if held is not None:
+                held.append(event)  # replayed once the adoption knows the call's state
+                return
+        self._on_event(event)
+
+    def _on_event(self, event: AriEvent) -> None:
         channel_id = event.channel_id
         if channel_id in self._disowned:
             # An originate we reported as failed took after all: nobody expects this call.
@@ -723,7 +749,13 @@ class AriTelephony:
             self._tracker.expect(call_id, role=LegRole.CUSTOMER, peer=request.endpoint)
             if request.amd:
                 self._amd_pending.add(call_id)
-        variables = {**request.variables, "PACELINE_APP": self.app, "PACELINE_CALL_ID": call_id}
+        # PACELINE_AMD lets a restarted dialer know what this one was asked (`adopt`).
+        variables = {
+            **request.variables,
+            "PACELINE_APP": self.app,
+            "PACELINE_CALL_ID": call_id,
+            "PACELINE_AMD": "1" if request.amd else "0",
+        }
         try:
             await self._originate_leg(
                 call_id,
@@ -739,6 +771,168 @@ class AriTelephony:
                 self._amd_pending.discard(call_id)
             raise
         self._publish_all(self._tracker.mark_dialing(call_id))
+
+    async def adopt(self, call_ids: Collection[str]) -> set[str]:
+        """Follow calls an earlier process originated into this app (see `Telephony.adopt`).
+
+        Asterisk keeps an app's channels, bridges and subscriptions while no WebSocket is
+        connected (events meanwhile are lost), and hands them to the next WebSocket that
+        registers the same app name, so no re-subscription is needed. One `GET /channels`
+        and one `GET /bridges` say, for each id, whether the customer leg lives, whether it is
+        answered, in Stasis (with an AMD verdict in its arguments `amd,<STATUS>`) or in the
+        dialplan (`amd_context`: its verdict comes with its return to Stasis), which agent
+        legs (`<call_id>.agent<n>`) it has and whether it is in its bridge. The customer's
+        `PACELINE_AMD` variable says whether the earlier process was asked for AMD (a call
+        still ringing gets it when it answers). The legs are then followed as the resync
+        after a reconnect follows them (`_catch_up`): an answered agent leg not yet in the
+        bridge is added, an answered customer waiting for AMD is sent into it. A consult leg
+        (an attended transfer whose caller died) is hung up. Events of these channels that
+        arrive while the listings are on their way are held and replayed after them."""
+        rest = self._rest_or_raise()
+        wanted = [c for c in dict.fromkeys(call_ids) if CALL_ID_RE.match(c)]
+        followed = {c for c in wanted if self._tracker.is_live(c)}
+        pending = [c for c in wanted if c not in followed and c not in self._adopting]
+        if not pending:
+            return followed
+        for call_id in pending:
+            self._adopting[call_id] = []
+        resyncs = self._resyncs
+        try:
+            channels = await rest.list_channels()
+            bridges = await rest.request("GET", "/bridges")
+            if not isinstance(bridges, list):
+                raise BackendUnavailable(
+                    "ARI GET /bridges answered something other than a list",
+                    detail=type(bridges).__name__,
+                )
+            snapshot = {str(c.get("id", "")): c for c in channels}
+            live = [c for c in pending if c in snapshot]
+            amd_asked = await self._amd_asked(
+                [c for c in live if self._needs_amd_flag(snapshot[c])]
+            )
+        except BaseException:
+            for call_id in pending:
+                self._adopting.pop(call_id, None)
+            raise
+        # No await from here on: the adoption and the replay of held events are one step.
+        held = {c: self._adopting.pop(c) for c in pending}
+        self._register_adopted(set(live), snapshot, bridges, amd_asked)
+        for call_id in pending:
+            if call_id in snapshot:
+                for event in held[call_id]:
+                    self._on_event(event)
+        if self._resyncs != resyncs or not self._connected:
+            # The link went down during the adoption: events may be lost; look each leg up.
+            for call_id in live:
+                for channel_id in [call_id, *self._tracker.legs_of(call_id, LegRole.AGENT)]:
+                    self._check_later(channel_id)
+        log.info("adopted %d of %d calls still live on the PBX", len(live), len(pending))
+        return followed | set(live)
+
+    def _needs_amd_flag(self, chan: Mapping[str, Any]) -> bool:
+        """Whether an adopted customer's `PACELINE_AMD` matters: not when AMD runs or ran."""
+        dialplan = chan.get("dialplan") or {}
+        if not isinstance(dialplan, Mapping):
+            return True
+        if dialplan.get("app_name") == "Stasis":
+            _app, *args = str(dialplan.get("app_data", "")).split(",")
+            return args[:1] == ["customer"]
+        return dialplan.get("context") != self.amd_context
+
+    async def _amd_asked(self, call_ids: list[str]) -> set[str]:
+        """The calls among `call_ids` whose originate asked for AMD (`PACELINE_AMD=1`)."""
+        assert self._rest is not None
+        rest = self._rest
+
+        async def asked(call_id: str) -> bool:
+            try:
+                return await rest.get_variable(call_id, "PACELINE_AMD") == "1"
+            except NotFound:  # gone meanwhile (its held end says so), or never set
+                return False
+
+        flags = await asyncio.gather(*(asked(c) for c in call_ids))
+        return {c for c, flag in zip(call_ids, flags, strict=True) if flag}
+
+    def _register_adopted(
+        self,
+        adopted: set[str],
+        snapshot: Mapping[str, Mapping[str, Any]],
+        bridges: list[Any],
+        amd_asked: set[str],
+    ) -> None:
+        """Track the adopted calls' legs and bridges, report what the dialer must act on."""
+        self._confirmed_seq += 1
+        seq = self._confirmed_seq
+        legs: list[str] = []
+        for channel_id, chan in snapshot.items():
+            match = _LEG_ID_RE.match(channel_id)
+            if channel_id in adopted:
+                self._tracker.adopt(chan, channel_id, role=LegRole.CUSTOMER, confirmed_seq=seq)
+            elif match is not None and match["call"] in adopted:
+                # Our next leg ids must not clash with the live ones of the earlier process.
+                self._seq = max(self._seq, int(match["n"]))
+                if match["kind"] == "pb":
+                    continue
+                role = LegRole.AGENT if match["kind"] == "agent" else LegRole.CONSULT
+                peer = _CHANNEL_SUFFIX_RE.sub("", str(chan.get("name", ""))) or channel_id
+                self._tracker.adopt(chan, match["call"], role=role, peer=peer, confirmed_seq=seq)
+            else:
+                continue
+            legs.append(channel_id)
+        in_bridge: set[str] = set()
+        for bridge in bridges:
+            if not isinstance(bridge, Mapping):
+                continue
+            bridge_id = str(bridge.get("id", ""))
+            members = [c for c in bridge.get("channels", []) if isinstance(c, str)]
+            owner = next((c for c in adopted if c in members or bridge_id == f"{c}.bridge"), None)
+            if owner is None:
+                continue
+            self._bridges[owner] = bridge_id  # reused by connect_to_agent, destroyed at the end
+            if owner in members:
+                self._customer_bridged.add(owner)
+            in_bridge.update(members)
+            self._tracker.adopt_bridge(bridge)
+        for call_id in sorted(adopted):
+            chan = snapshot[call_id]
+            dialplan = chan.get("dialplan") or {}
+            in_amd = (
+                isinstance(dialplan, Mapping)
+                and dialplan.get("context") == self.amd_context
+                and dialplan.get("app_name") != "Stasis"
+            )
+            # With an agent (bridged, or one being dialled): not waiting for the dialer.
+            with_agent = self._tracker.is_bridged(call_id) or bool(
+                self._tracker.legs_of(call_id, LegRole.AGENT)
+            )
+            if in_amd:
+                self._amd_started.add(call_id)  # its verdict comes with its return to Stasis
+            elif call_id in amd_asked and not self._tracker.amd_known(call_id) and not with_agent:
+                self._amd_pending.add(call_id)  # AMD starts when it is (or now, if it is) in Stasis
+            if chan.get("state") == "Up" and not with_agent:
+                # Waiting for the dialer, who may have died before seeing the answer.
+                self._publish(
+                    CallEvent(
+                        kind=CallEventKind.ANSWERED,
+                        call_id=call_id,
+                        channel=call_id,
+                        detail="adopted",
+                    )
+                )
+                self._publish_all(self._tracker.pending_amd(call_id))
+        for channel_id in legs:
+            known = self._tracker.role_of(channel_id)
+            if known is None:
+                continue
+            owner_id, leg_role = known
+            if leg_role is LegRole.CONSULT:
+                # The attended transfer it belonged to died with the earlier process.
+                self._spawn(f"hangup of orphan {channel_id}", self._hangup_quietly, channel_id)
+                continue
+            call_bridge = self._bridges.get(owner_id)
+            if leg_role is LegRole.AGENT and call_bridge and channel_id not in in_bridge:
+                self._agent_bridge[channel_id] = call_bridge  # add it once it is in Stasis
+            self._catch_up(channel_id, snapshot[channel_id], owner_id, leg_role)
 
     async def connect_to_agent(self, call_id: str, agent_endpoint: str) -> None:
         """Bridge the answered call with `agent_endpoint`; BRIDGED (peer = the endpoint) when

@@ -27,6 +27,10 @@ Facts the mapping relies on (Asterisk 20.20.1 captures):
 - Hold on a Local channel starts music on hold but sends no ChannelHold: the backend reports
   HELD/UNHELD itself; the tracker maps ChannelHold/ChannelUnhold when they do come.
 
+- Restart (`adopt`, `adopt_bridge`): legs of an earlier process are taken over in the state a
+  snapshot shows, without events for what is past. Until then a StasisStart of such a leg
+  (its arguments say `customer`, `agent`, `consult` or `amd`) is not an inbound call.
+
 The tracker never reads a clock or a socket; `feed` is deterministic.
 """
 
@@ -52,6 +56,24 @@ AMD_STASIS_ARGS: dict[str, str] = {"human": "HUMAN", "machine": "MACHINE", "nots
 
 #: First Stasis argument of Paceline's `paceline-amd` context; the second is ${AMDSTATUS}.
 AMD_VERDICT_ARG = "amd"
+
+
+#: First Stasis arguments of the channels the backend originates into its app (the customer,
+#: agent and consult legs) and of a customer back from `paceline-amd`. A channel that enters
+#: the app with one of these but is not tracked is a leg of an earlier process of ours (a
+#: restart: see `AriTelephony.adopt`), never an inbound call.
+OWN_LEG_ARGS = frozenset({"customer", "agent", "consult", AMD_VERDICT_ARG})
+
+
+def is_own_leg(args: Any) -> bool:
+    """True when StasisStart `args` (or a snapshot's Stasis app data, split) name a leg that
+    a Paceline backend originated, see `OWN_LEG_ARGS`."""
+    return (
+        isinstance(args, list)
+        and bool(args)
+        and isinstance(args[0], str)
+        and args[0].lower() in OWN_LEG_ARGS
+    )
 
 
 def amd_from_stasis_args(args: Any) -> str | None:
@@ -221,6 +243,63 @@ class AriTracker:
                 out.extend(self._left(leg, members))
         return out
 
+    def adopt(
+        self,
+        chan: Mapping[str, Any],
+        call_id: str,
+        *,
+        role: LegRole | str,
+        peer: str = "",
+        confirmed_seq: int,
+    ) -> None:
+        """Follow a leg an earlier process originated, in the state a snapshot Channel
+        (`GET /channels`) shows: answered if Up, ringing if Ringing, in Stasis or not. No
+        event: the backend reports what the adoption means (`AriTelephony.adopt`). A
+        verdict in the Stasis arguments of a customer back from AMD (`amd,<STATUS>`) is
+        kept, not reported: `pending_amd` says so."""
+        channel_id = str(chan.get("id", ""))
+        state = chan.get("state")
+        leg = _Leg(
+            channel_id=channel_id,
+            call_id=call_id,
+            role=LegRole(role),
+            peer=peer,
+            answered=state == "Up",
+            ringing=state in ("Ringing", "Ring"),
+            dialing_reported=True,
+            confirmed_seq=confirmed_seq,
+        )
+        dialplan = chan.get("dialplan")
+        if (
+            leg.role is LegRole.CUSTOMER
+            and isinstance(dialplan, Mapping)
+            and dialplan.get("app_name") == "Stasis"
+        ):
+            _app, *args = str(dialplan.get("app_data", "")).split(",")
+            leg.amd = amd_from_stasis_args(args)
+        self._legs[channel_id] = leg
+        self._ended.pop(channel_id, None)
+
+    def adopt_bridge(self, bridge: Mapping[str, Any]) -> None:
+        """A bridge (`GET /bridges`) holding adopted legs: they are bridged already, so no
+        BRIDGED is reported, but their UNBRIDGED and ends are, as for any bridged leg."""
+        bridge_id = str(bridge.get("id", ""))
+        members = [c for c in bridge.get("channels", []) if isinstance(c, str)]
+        self._bridges[bridge_id] = members
+        for channel_id in members:
+            leg = self._legs.get(channel_id)
+            if leg is not None and leg.bridge_id != bridge_id:
+                self._entered(leg, bridge_id, members)  # its BRIDGED predates the adoption
+
+    def pending_amd(self, call_id: str) -> list[CallEvent]:
+        """The AMD event of an adopted customer whose verdict was known at adoption."""
+        leg = self._legs.get(call_id)
+        return [] if leg is None else self._flush_amd(leg)
+
+    def is_bridged(self, call_id: str) -> bool:
+        leg = self._legs.get(call_id)
+        return leg is not None and leg.bridged_with is not None
+
     def is_live(self, call_id: str) -> bool:
         leg = self._legs.get(call_id)
         return leg is not None and leg.role is LegRole.CUSTOMER
@@ -279,6 +358,10 @@ class AriTracker:
         leg = self._legs.get(channel_id)
         if leg is None:
             if kind == "StasisStart" and channel_id not in self._ended:
+                if is_own_leg(event.get("args")):
+                    # An earlier process's leg (it entered Stasis before being adopted).
+                    log.info("StasisStart of untracked leg %s: left for adoption", channel_id)
+                    return []
                 return self._inbound(event, chan, channel_id)
             return []
         out: list[CallEvent] = self.mark_dialing(channel_id)

@@ -139,6 +139,7 @@ class Campaign(Base):
         _enum_check("dial_mode", DialMode),
         _enum_check("state", CampaignState),
         CheckConstraint("abandon_target > 0 AND abandon_target < 1", name="abandon_target"),
+        CheckConstraint("amd_action IN ('hangup', 'message', 'agent')", name="amd_action"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
@@ -162,6 +163,24 @@ class Campaign(Base):
     script_ref: Mapped[str | None] = mapped_column(String(200), nullable=True)
     #: How long a leased contact stays with one dialer node before it returns to the pool.
     lease_ttl_s: Mapped[int] = mapped_column(Integer, default=300)
+    # --- what the engine does with calls (issue 5) ---
+    #: How long the far end may ring before the dialer gives up (>= 15 s).
+    ring_timeout_s: Mapped[int] = mapped_column(Integer, default=25)
+    #: Run answering-machine detection on answered calls.
+    amd: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: What a machine gets: `hangup`, `message` (play `machine_message`) or `agent`.
+    amd_action: Mapped[str] = mapped_column(String(8), default="hangup")
+    machine_message: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: The information message an abandoned live answer hears (required by the regulators).
+    abandon_message: Mapped[str] = mapped_column(String(200), default="paceline/abandon")
+    #: A call with no result (no answer, no hang-up) this long after its originate is dangling.
+    dangling_after_s: Mapped[int] = mapped_column(Integer, default=180)
+    #: Wrap-up that lasts longer than this closes as `abandoned_by_agent`.
+    wrapup_timeout_s: Mapped[int] = mapped_column(Integer, default=600)
+    #: SMS text with `{param1}`..`{param12}`, `{external_id}` placeholders.
+    sms_template: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: An `sms_sent` contact with no reply this long after the text closes as `sms_sent_closed`.
+    sms_expiry_s: Mapped[int] = mapped_column(Integer, default=7 * 86400)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
@@ -298,6 +317,13 @@ class Attempt(Base):
     __table_args__ = (
         Index("ix_attempts_contact_id_placed_at", "contact_id", "placed_at"),
         Index("ix_attempts_campaign_id_placed_at", "campaign_id", "placed_at"),
+        # Calls still in flight, per node: what a restarted engine reconciles.
+        Index(
+            "ix_attempts_open",
+            "node_id",
+            sqlite_where=text("outcome IS NULL"),
+            postgresql_where=text("outcome IS NULL"),
+        ),
         CheckConstraint("phone_index BETWEEN 1 AND 5", name="phone_index"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -318,6 +344,11 @@ class Attempt(Base):
     node_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     #: Correlates the attempt with the PBX call (originate ChannelId / ARI channel id).
     correlation_id: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    #: When the customer was bridged to the agent, and when the agent's wrap-up ended.
+    connected_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    wrapup_ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    #: What the engine last knew of the call: dialing, ringing, answered, bridged, wrap_up.
+    call_state: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class Disposition(Base):
@@ -345,6 +376,195 @@ class Disposition(Base):
     customer_contact: Mapped[bool] = mapped_column(Boolean, default=True)
     quick_key: Mapped[str | None] = mapped_column(String(1), nullable=True)
     colour: Mapped[str | None] = mapped_column(String(16), nullable=True)
+
+
+class Agent(Base):
+    """A contact-centre agent: a login, an endpoint (SIP extension) and groups.
+
+    `state` is the agent's last persisted state (`dialer.agents.AgentState`); the engine that
+    owns the agent's session writes it before acting on it, so a restarted engine finds every
+    agent in a safe state (see `dialer.agents.recover_agents`).
+    """
+
+    __tablename__ = "agents"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    #: The dial string of the agent's phone, e.g. `PJSIP/agent101`.
+    endpoint: Mapped[str] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(16), default="logged_out")
+    pause_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    state_since: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    #: The attempt the agent is on (on_call / wrap_up).
+    attempt_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: The engine node that holds the agent's session.
+    node_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class AgentGroupMember(Base):
+    __tablename__ = "agent_group_members"
+    agent_id: Mapped[int] = mapped_column(
+        ForeignKey("agents.id", ondelete="CASCADE"), primary_key=True
+    )
+    group_id: Mapped[int] = mapped_column(
+        ForeignKey("agent_groups.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class CampaignAssignment(Base):
+    """A campaign assigned to one position (an endpoint) or one user (an agent username).
+
+    Group assignments live in `campaign_agent_groups`.
+    """
+
+    __tablename__ = "campaign_assignments"
+    __table_args__ = (CheckConstraint("kind IN ('position', 'user')", name="kind"),)
+    campaign_id: Mapped[int] = mapped_column(
+        ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(8), primary_key=True)
+    value: Mapped[str] = mapped_column(String(100), primary_key=True)
+
+
+class AgentStateLog(Base):
+    """One interval of one agent in one state: the source of talk, wrap-up and pause times."""
+
+    __tablename__ = "agent_state_log"
+    __table_args__ = (Index("ix_agent_state_log_agent_id_started_at", "agent_id", "started_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"))
+    state: Mapped[str] = mapped_column(String(16))
+    pause_code: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    campaign_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    attempt_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+
+
+class ContactNote(Base):
+    __tablename__ = "contact_notes"
+    __table_args__ = (Index("ix_contact_notes_contact_id", "contact_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    attempt_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    agent: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class Product(Base):
+    """A product an agent can put in a cart (disposition type C)."""
+
+    __tablename__ = "products"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    code: Mapped[str] = mapped_column(String(32), unique=True)
+    name: Mapped[str] = mapped_column(String(100))
+    price_cents: Mapped[int] = mapped_column(Integer, default=0)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+
+
+class Contract(Base):
+    """A sale: the cart of a C disposition, under a unique protocol number."""
+
+    __tablename__ = "contracts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    protocol: Mapped[str] = mapped_column(String(32), unique=True)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    attempt_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    agent: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    total_cents: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class ContractItem(Base):
+    __tablename__ = "contract_items"
+    __table_args__ = (CheckConstraint("quantity > 0", name="quantity"),)
+    contract_id: Mapped[int] = mapped_column(
+        ForeignKey("contracts.id", ondelete="CASCADE"), primary_key=True
+    )
+    product_code: Mapped[str] = mapped_column(String(32), primary_key=True)
+    quantity: Mapped[int] = mapped_column(Integer)
+    unit_price_cents: Mapped[int] = mapped_column(Integer)
+
+
+class FieldAgent(Base):
+    """A field agent whose agenda takes appointments (disposition type T)."""
+
+    __tablename__ = "field_agents"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+
+
+class Appointment(Base):
+    """One booked slot in a field agent's agenda. Overlaps are refused by `dialer.wrapup`."""
+
+    __tablename__ = "appointments"
+    __table_args__ = (
+        UniqueConstraint("field_agent_id", "starts_at"),
+        CheckConstraint("ends_at > starts_at", name="ends_after_start"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    field_agent_id: Mapped[int] = mapped_column(ForeignKey("field_agents.id", ondelete="CASCADE"))
+    starts_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    ends_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id", ondelete="CASCADE"))
+    attempt_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    agent: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class SmsMessage(Base):
+    """One SMS, sent or received. Outbound ones belong to an attempt (`channel='sms'`)."""
+
+    __tablename__ = "sms_messages"
+    __table_args__ = (
+        Index("ix_sms_messages_number_created_at", "number", "created_at"),
+        Index("ix_sms_messages_provider_id", "provider_id"),
+        CheckConstraint("direction IN ('out', 'in')", name="direction"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    direction: Mapped[str] = mapped_column(String(3))
+    attempt_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    contact_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    campaign_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: The customer's E.164 number (the destination of an outbound text, the sender of a reply).
+    number: Mapped[str] = mapped_column(String(16))
+    body: Mapped[str] = mapped_column(Text)
+    #: The provider's message id, for delivery receipts.
+    provider_id: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    #: queued, sent, delivered, failed (outbound); received (inbound).
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
+class WebhookOutbox(Base):
+    """A call result waiting to be pushed to the CRM. Written in the transaction that ends the
+    attempt, so a CRM outage loses nothing; `dialer.outbox` delivers and retries."""
+
+    __tablename__ = "webhook_outbox"
+    __table_args__ = (Index("ix_webhook_outbox_pending", "delivered_at", "next_try_at"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    event: Mapped[str] = mapped_column(String(32))
+    attempt_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    next_try_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    tries: Mapped[int] = mapped_column(Integer, default=0)
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+class Node(Base):
+    """A running `paceline run` process: its heartbeat, for operators and failover logs."""
+
+    __tablename__ = "nodes"
+    node_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    info: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
 class DncEntry(Base):
@@ -379,18 +599,31 @@ class DncEntry(Base):
 
 __all__ = [
     "LEASABLE_SQL",
+    "Agent",
     "AgentGroup",
+    "AgentGroupMember",
+    "AgentStateLog",
+    "Appointment",
     "Attempt",
     "Base",
     "Campaign",
     "CampaignAgentGroup",
+    "CampaignAssignment",
     "CampaignDncList",
     "CampaignZone",
     "Contact",
+    "ContactNote",
     "ContactPhone",
+    "Contract",
+    "ContractItem",
     "Disposition",
     "DncEntry",
     "DncList",
+    "FieldAgent",
+    "Node",
+    "Product",
+    "SmsMessage",
     "Strategy",
     "UtcDateTime",
+    "WebhookOutbox",
 ]

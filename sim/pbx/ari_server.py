@@ -53,7 +53,8 @@ in `stored_recordings`.
 
 Test hooks: `channels_created` and `originate_requests` count per requested channelId,
 `dtmf_sent` keeps the digits the app sent to each channel, `amd_verdicts` the AMD results,
-`moh_active()`, `bridge_members()`, `dialplan_location()`; `drop_websockets()` closes every
+`moh_active()`, `bridge_members()`, `dialplan_location()`, `calls` (a `sim.pbx.core.CallRecord` per
+originated customer call, as the AMI side keeps); `drop_websockets()` closes every
 event socket abruptly while calls go on; `send_raw()` sends any frame (malformed ones too).
 """
 
@@ -77,7 +78,7 @@ from aiohttp import WSMsgType, web
 
 from cti import causes
 from cti.ari.codes import CAUSE_BY_REASON
-from sim.pbx.core import find_steps
+from sim.pbx.core import CallRecord, find_steps
 from sim.population import CalleeBehaviour, CalleeKind, Population, deterministic_test_population
 
 ASTERISK_ID = "02:fc:00:00:00:01"
@@ -160,6 +161,7 @@ class _Chan:
     requested_id: str = ""
     #: originate body variables that are plain variables (not functions), in body order
     originate_vars: list[tuple[str, str]] = field(default_factory=list)
+    record: CallRecord | None = None  # an originated customer call (`AriServer.calls`)
 
     def json(self) -> dict[str, Any]:
         return {
@@ -353,6 +355,9 @@ class AriServer:
         self.query_log: deque[str] = deque(maxlen=10_000)
         self._faults: list[_Fault] = []
         self._requests: set[asyncio.Future[web.StreamResponse]] = set()
+        #: one record per originated customer call (a population callee), in order: what the
+        #: callee did, when it answered and ended, its bridge peers and the sounds it heard
+        self.calls: list[CallRecord] = []
 
     # ----- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -781,6 +786,10 @@ class AriServer:
             chan.subscribed.add(str(app))
         self._channels[chan_id] = chan
         self.channels_created[chan_id] += 1
+        if kind == "customer" and behaviour is not None:
+            chan.record = CallRecord(None, chan_id, endpoint, behaviour.kind, channel=name,
+                                     uniqueid=chan_id)
+            self.calls.append(chan.record)
         if tech == "Local":
             other_id = q.get("otherChannelId") or (
                 f"{requested};2" if requested else f"{self._epoch}.{self._next_seq()}"
@@ -910,6 +919,8 @@ class AriServer:
             self._chan_event("ChannelStateChange", half)
         chan.state = "Up"
         chan.answered = True
+        if chan.record is not None:
+            chan.record.answered_at = asyncio.get_running_loop().time()
         self._chan_event("ChannelStateChange", chan)
         dialstring = f"{chan.exten}@{chan.context}" if chan.tech == "Local" else chan.name
         self._dial(chan, "ANSWER", dialstring)
@@ -972,6 +983,8 @@ class AriServer:
         status = b.amd_status or "NOTSURE"
         chan.variables["AMDSTATUS"] = status
         self.amd_verdicts[chan.id] = status
+        if chan.record is not None:
+            chan.record.amd = status
         chan.variables["AMDCAUSE"] = b.amd_cause or ""
         self._chan_event("ChannelVarset", chan, pre={"variable": "AMDSTATUS", "value": status})
         self._chan_event(
@@ -1043,6 +1056,9 @@ class AriServer:
         if not chan.alive:
             return
         chan.alive = False
+        if chan.record is not None:
+            chan.record.ended = True
+            chan.record.ended_at, chan.record.cause = asyncio.get_running_loop().time(), cause
         for timer in chan.timers:
             timer.cancel()
         chan.timers.clear()
@@ -1189,6 +1205,8 @@ class AriServer:
             raise AriError(400, "media parameter is required")
         pb_id = str(q.get("playbackId") or uuid.uuid4())
         pb = _Playback(id=pb_id, media=media, channel_id=chan.id, language=q.get("lang", "en"))
+        if chan.record is not None:
+            chan.record.played += media
         self._playbacks[pb_id] = pb
         resp = self._json(201, pb.json())
         resp.headers["Location"] = f"/ari/playbacks/{pb_id}"
@@ -1497,6 +1515,12 @@ class AriServer:
         bridge.channels.append(chan.id)
         bridge.apps |= chan.apps
         chan.bridge = bridge.id
+        for cid in bridge.channels:
+            member = self._channels[cid]
+            if member.record is not None:
+                member.record.note_bridge(
+                    [self._channels[o].name for o in bridge.channels if o != cid]
+                )
         self._emit(
             "ChannelEnteredBridge",
             chan.apps,

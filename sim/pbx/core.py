@@ -145,7 +145,14 @@ class Consult:
 
 @dataclass
 class CallRecord:
-    """What one Originate did, for tests: `reason` is the OriginateResponse Reason sent."""
+    """What one Originate did, for tests: `reason` is the OriginateResponse Reason sent.
+
+    Also kept, for end-to-end checks against what the dialer wrote: `answered_at` and
+    `ended_at` (event-loop time, unscaled) of the root channel's answer and Hangup, `cause`
+    (the Q.850 cause of that Hangup), `bridged_to` (the channel names the root shared a bridge
+    with, in order: e.g. `PJSIP/agent101-0000002a`), `played` (the sounds played to it) and
+    `amd` (the AMDSTATUS its AMD() run set; None if AMD never finished on it).
+    """
 
     action_id: str | None
     channel_id: str | None
@@ -155,6 +162,16 @@ class CallRecord:
     uniqueid: str | None = None
     reason: int | None = None
     ended: bool = False
+    answered_at: float | None = None
+    ended_at: float | None = None
+    cause: int | None = None
+    bridged_to: list[str] = field(default_factory=list)
+    played: list[str] = field(default_factory=list)
+    amd: str | None = None
+
+    def note_bridge(self, peers: Sequence[str]) -> None:
+        """The root entered a bridge with `peers` (channel names); each is kept once."""
+        self.bridged_to += [p for p in peers if p not in self.bridged_to]
 
 
 class LegListener(Protocol):
@@ -496,6 +513,8 @@ class Pbx:
         self._emit(pairs)
 
     def hangup_event(self, ch: Channel, cause: int) -> None:
+        if ch.record is not None and ch.record.ended_at is None:
+            ch.record.ended_at, ch.record.cause = self.now(), cause
         self.event("Hangup", ch, ("Cause", str(cause)), ("Cause-txt", cause_txt(cause)))
 
     def hangup_request(self, ch: Channel, cause: int, *, soft: bool = False) -> None:
@@ -706,6 +725,8 @@ class Pbx:
             leg = ch.partner
             if leg.state != codes.STATE_UP:
                 self.newstate(leg, codes.STATE_UP)
+        if leg.record is not None and leg.record.answered_at is None:
+            leg.record.answered_at = self.now()
         if leg.listener is not None:
             listener, leg.listener = leg.listener, None
             listener.answered(leg)
@@ -879,6 +900,9 @@ class Pbx:
     def _enter(self, bridge: Bridge, ch: Channel) -> None:
         bridge.members.append(ch)
         ch.bridge = bridge
+        for member in bridge.members:
+            if member.record is not None:
+                member.record.note_bridge([m.name for m in bridge.members if m is not member])
         self.bridge_event("BridgeEnter", bridge, ch)
 
     # ---- the dialplan interpreter -------------------------------------------------------------
@@ -959,6 +983,8 @@ class Pbx:
         elif app == "Goto":
             return ch.context, ch.exten, find_priority(ch.context, ch.exten, args[-1])
         elif app == "Playback":
+            if ch.record is not None:
+                ch.record.played.append(data)
             await self.sleep(PLAYBACK_S)
             self.varset(ch, "PLAYBACKSTATUS", "SUCCESS")
         elif app == "MusicOnHold":
@@ -972,6 +998,8 @@ class Pbx:
             amd_cause = (b.amd_cause if b is not None else None) or "HUMAN-801-800"
             await self.sleep(AMD_S_BY_STATUS.get(status, 1.0))
             self.varset(ch, "AMDSTATUS", status)
+            if ch.record is not None:
+                ch.record.amd = status
             self.varset(ch, "AMDCAUSE", amd_cause)
         elif app == "Stasis":
             self.varset(ch, "STASISSTATUS", "FAILED")  # no ARI application is connected
