@@ -55,28 +55,31 @@ def open_attempts(
     now: datetime,
 ) -> list[OpenAttempt]:
     """Write an in-flight attempt (outcome NULL, call_state `dialing`) per lease."""
-    out: list[OpenAttempt] = []
-    for lease in leases:
-        call_id = new_call_id()
-        aid = conn.scalar(
-            insert(Attempt)
-            .values(
-                contact_id=lease.contact_id,
-                campaign_id=lease.campaign_id,
-                step=lease.step,
-                phone_index=lease.phone_index,
-                number=lease.number,
-                channel=lease.channel.value,
-                placed_at=now,
-                node_id=node_id,
-                correlation_id=call_id,
-                call_state="dialing",
-            )
-            .returning(Attempt.id)
-        )
-        assert aid is not None
-        out.append(OpenAttempt(int(aid), call_id, lease))
-    return out
+    if not leases:
+        return []
+    rows = [
+        {
+            "contact_id": lease.contact_id,
+            "campaign_id": lease.campaign_id,
+            "step": lease.step,
+            "phone_index": lease.phone_index,
+            "number": lease.number,
+            "channel": lease.channel.value,
+            "placed_at": now,
+            "node_id": node_id,
+            "correlation_id": new_call_id(),
+            "call_state": "dialing",
+        }
+        for lease in leases
+    ]
+    # One multi-row INSERT per tick (not one per call): the ids come back in row order.
+    ids = conn.scalars(
+        insert(Attempt).returning(Attempt.id, sort_by_parameter_order=True), rows
+    ).all()
+    return [
+        OpenAttempt(int(aid), str(row["correlation_id"]), lease)
+        for aid, row, lease in zip(ids, rows, leases, strict=True)
+    ]
 
 
 def cancel_attempt(conn: Connection, attempt_id: int, contact_id: int, now: datetime) -> None:
