@@ -145,6 +145,14 @@ class Pacer:
     progressive (cold start). New calls per tick are capped so lines in flight stay within
     `max_lines_per_agent` × logged-in agents.
 
+    The horizon grid must resolve the ring times: a horizon compares the answers *by* h
+    with the agents free *by* h + 2 s, so it cannot see an answer that comes early and an
+    agent who frees up late within it. With short calls (2-8 s rings, ~16 s handles, 140
+    calls/s) the old grid (8, 14, 20) let the model think 10-15% abandons were fine
+    (the window feedback then had to pin tau near 0, and overshot after the cold start);
+    the short horizons 2 and 5 s catch that, and leave the long-call scenarios of
+    `bench/pacing_quality.py` as they were (within seed noise).
+
     vicidial_adaptive (VICIdial ADAPT_TAPERED, from its public documentation): lines in flight
     (ringing + waiting + connected) = dial level × active agents (ready + busy; VICIdial's
     default "available only tally" N counts agents in call). Every 15 s the level moves by
@@ -166,7 +174,7 @@ class Pacer:
         ratio: float = 2.0,
         agentless_cps: float = 5.0,
         agentless_max_lines: int = 100,
-        horizons: Sequence[float] = (8.0, 14.0, 20.0),
+        horizons: Sequence[float] = (2.0, 5.0, 8.0, 14.0, 20.0),
         inner_target: float | None = None,
         max_boost: float = 2.5,
         cap_margin: float = 0.9,
