@@ -509,14 +509,14 @@ class Engine:
             pacer = old.pacer
         else:
             pacer = self._pacer_factory(
-                _pacer_mode(mode), c.abandon_target, float(c.abandon_window_s))
+                mode.value, c.abandon_target, float(c.abandon_window_s))
             # The legal cap counts over the whole window, not since this process started.
             since = self.clock.now() - timedelta(seconds=c.abandon_window_s)
             live, abandons = conn.execute(_WINDOW_COUNTS, {"cid": c.id, "since": since}).one()
             if live:
                 pacer.seed_window(self.clock.monotonic(), live or 0, abandons or 0)
         if old is not None and old.mode is not mode:
-            pacer.set_mode(_pacer_mode(mode))
+            pacer.set_mode(mode.value)
         run = CampaignRun(
             id=c.id,
             name=c.name,
@@ -725,11 +725,15 @@ class Engine:
             # Nothing was dialed (the interface's contract): give the contact back unused.
             log.warning("originate %s on %s refused: %s", call.call_id, call.pbx, exc)
             self.calls.pop(call.call_id, None)
-            if call.preview_agent is not None:
-                reserved = self.board.agents.get(call.preview_agent)
-                if reserved is not None and reserved.preview_call == call.call_id:
-                    reserved.preview = reserved.preview_call = None
+            self._free_reserved(call)
             self._cancel([o], str(exc))
+
+    def _free_reserved(self, call: LiveCall) -> None:
+        """The agent a preview dial or private callback reserved is free for other calls."""
+        if call.preview_agent is not None:
+            reserved = self.board.agents.get(call.preview_agent)
+            if reserved is not None and reserved.preview_call == call.call_id:
+                reserved.preview = reserved.preview_call = None
 
     def _cancel(self, opened: Sequence[OpenAttempt], why: str) -> None:
         now = self.clock.now()
@@ -1072,11 +1076,8 @@ class Engine:
                                        "the service restarted during the call; no wrap-up")
             outbox.enqueue(conn, "attempt.finished", outbox.attempt_payload(conn, call.attempt_id),
                            now, attempt_id=call.attempt_id)
-        if call.preview_agent is not None:
-            # The reserved agent is free again (the call failed, or it reached them).
-            reserved = self.board.agents.get(call.preview_agent)
-            if reserved is not None and reserved.preview_call == call.call_id:
-                reserved.preview = reserved.preview_call = None
+        # The reserved agent is free again (the call failed, or it reached them).
+        self._free_reserved(call)
         if agent is not None and unbridged and agent.state is AgentState.READY:
             self._offer(agent)
         log.debug("call %s ended %s (contact now %s)", call.call_id, outcome.value, state)
@@ -1513,10 +1514,6 @@ class Engine:
 
 class _Stop(Exception):
     """Raised inside the TaskGroup to leave it on `stop()`."""
-
-
-def _pacer_mode(mode: DialMode) -> str:
-    return mode.value
 
 
 def _default_pacer(mode: str, target: float, window_s: float) -> Pacer:
