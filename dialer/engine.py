@@ -667,12 +667,8 @@ class Engine:
             agent.preview = agent.preview_call = None
             raise AgentError(f"agent {agent.username!r}: the previewed contact's lease ran "
                              "out; take the next contact")
-        call = LiveCall(o.call_id, o.attempt_id, lease.contact_id, run.id, up[0], lease.number,
-                        placed=self.clock.monotonic(), preview_agent=agent.username)
+        call = self._track(run, o, up[0], self.clock.monotonic(), preview_agent=agent.username)
         agent.preview_call = o.call_id
-        self.calls[o.call_id] = call
-        run.stats.originated += 1
-        self.originated += 1
         await self._originate(run, call, o)
         return o.call_id
 
@@ -702,13 +698,22 @@ class Engine:
         for o in voice:
             pbx = min(load, key=load.__getitem__)
             load[pbx] += 1
-            call = LiveCall(o.call_id, o.attempt_id, o.lease.contact_id, run.id, pbx,
-                            o.lease.number, placed=mono)
-            self.calls[o.call_id] = call
-            run.stats.originated += 1
-            self.originated += 1
+            call = self._track(run, o, pbx, mono)
             self.spawn(self._originate(run, call, o), name=f"originate-{o.call_id}")
-        self._rate.append((mono, len(voice)))
+
+    def _track(self, run: CampaignRun, o: OpenAttempt, pbx: str, mono: float,
+               preview_agent: str | None = None) -> LiveCall:
+        """Follow a call about to be originated, and count it."""
+        call = LiveCall(o.call_id, o.attempt_id, o.lease.contact_id, run.id, pbx,
+                        o.lease.number, placed=mono, preview_agent=preview_agent)
+        self.calls[o.call_id] = call
+        run.stats.originated += 1
+        self.originated += 1
+        if self._rate and self._rate[-1][0] == mono:  # the tick's calls share one entry
+            self._rate[-1] = (mono, self._rate[-1][1] + 1)
+        else:
+            self._rate.append((mono, 1))
+        return call
 
     async def _originate(self, run: CampaignRun, call: LiveCall, o: OpenAttempt) -> None:
         req = OriginateRequest(
