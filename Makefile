@@ -35,6 +35,7 @@ bench: $(BIN)/.installed
 	$(BIN)/python bench/pacing_speed.py
 	$(BIN)/python bench/pacing_quality.py
 	$(BIN)/python bench/engine_load.py
+	$(BIN)/python bench/ivr_sessions.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

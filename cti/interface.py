@@ -137,3 +137,15 @@ class Telephony(Protocol):
     async def send_dtmf(self, call_id: str, digits: str) -> None:
         """Send DTMF `digits` to the customer of `call_id`."""
         ...
+
+    async def send_to_ivr(self, call_id: str, flow: str, variables: Mapping[str, str]) -> None:
+        """Hand the answered call `call_id` to the IVR flow `flow` (agentless campaigns).
+
+        Each variable becomes the channel variable `PACELINE_<NAME>` (upper case) first, so
+        the flow reads it as an input; then the call goes to the IVR's Stasis app with the
+        flow's name as its argument (ARI: `POST /channels/{id}/move`; AMI: `Redirect` into
+        `[paceline-ivr-outbound]`, extension = the flow). The call is still followed: its
+        HANGUP comes on `events()` as for any call. Raises UnknownCall if the call is gone,
+        TelephonyError if the PBX refused.
+        """
+        ...

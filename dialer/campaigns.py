@@ -6,6 +6,7 @@ compliance code take.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -65,6 +66,7 @@ class CampaignInfo:
     script_ref: str | None
     dnc_lists: list[str]
     agent_groups: list[str]
+    ivr_flow: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -144,10 +146,13 @@ def create_campaign(
     script_ref: str | None = None,
     dnc_lists: Sequence[str] = (),
     agent_groups: Sequence[str] = (),
+    ivr_flow: str | None = None,
 ) -> int:
     """Validate the settings, create the campaign in `draft`, and return its id.
 
     The campaign starts with the default disposition catalogue (`DEFAULT_CATALOGUE`).
+    An agentless campaign needs `ivr_flow`: the IVR flow (by name, as `paceline run`'s
+    `[ivr]` loads it) that each answered call is handed to.
 
     Raises `CampaignError` naming the bad setting. DNC lists and agent groups are created on
     first mention, so a campaign can reference a list before it is imported.
@@ -167,6 +172,11 @@ def create_campaign(
         raise CampaignError(
             f"dial mode {dial_mode!r}: use one of {', '.join(m.value for m in DialMode)}"
         ) from None
+    if ivr_flow is not None:
+        check_ivr_flow_name(ivr_flow)
+    elif mode is DialMode.AGENTLESS:
+        raise CampaignError("an agentless campaign hands its answered calls to an IVR flow: "
+                            "name it (--ivr-flow agentless_optout)")
     region = default_region.upper()
     if region not in phonenumbers.SUPPORTED_REGIONS:
         raise CampaignError(f"default region {default_region!r} is not an ISO 3166 region code")
@@ -211,6 +221,7 @@ def create_campaign(
                 uk_rules=uk,
                 caller_id=caller_id,
                 script_ref=script_ref,
+                ivr_flow=ivr_flow,
                 created_at=now,
                 updated_at=now,
             )
@@ -223,6 +234,18 @@ def create_campaign(
             conn.execute(insert(CampaignAgentGroup).values(campaign_id=cid, group_id=gid))
         add_dispositions(conn, cid, DEFAULT_CATALOGUE)
         return int(cid)
+
+
+#: A flow name that is safe as an Asterisk extension: `[paceline-ivr-outbound]` matches
+#: `_[a-z].` (a dash would be ignored in matching; upper case and symbols do not match).
+IVR_FLOW_NAME_RE = re.compile(r"[a-z][a-z0-9_]{1,99}")
+
+
+def check_ivr_flow_name(name: str) -> None:
+    """Raise `CampaignError` unless `name` can name a flow for an agentless campaign."""
+    if not IVR_FLOW_NAME_RE.fullmatch(name):
+        raise CampaignError(f"IVR flow name {name!r}: use 2 to 100 lower-case letters, digits "
+                            f"and _, starting with a letter (the flow file's `flow:`)")
 
 
 def find_campaign_id(conn: Connection, ref: str | int) -> int:
@@ -271,6 +294,7 @@ def campaign_info(conn: Connection, campaign_id: int) -> CampaignInfo:
         script_ref=c.script_ref,
         dnc_lists=list(dnc),
         agent_groups=list(groups),
+        ivr_flow=c.ivr_flow,
     )
 
 

@@ -51,6 +51,7 @@ from dialer.domain import (
     DncSource,
 )
 from dialer.importer import ImportFileError, ImportResult, import_contacts
+from ivr.cli import ivr_group
 from strategies.compliance import ComplianceConfigError
 from strategies.model import Strategy, StrategyError
 
@@ -198,6 +199,8 @@ def _parse_hours(spec: str | None) -> dict[str, Any] | None:
 @click.option("--script", "script_ref", default=None, help="Script or questionnaire reference.")
 @click.option("--dnc-list", "dnc_lists", multiple=True, help="DNC list to apply (repeat).")
 @click.option("--group", "groups", multiple=True, help="Agent group assigned (repeat).")
+@click.option("--ivr-flow", default=None,
+              help="Agentless mode: the IVR flow each answered call runs (its `flow:` name).")
 @click.option("--json", "as_json", is_flag=True)
 @pass_ctx
 @user_errors
@@ -218,6 +221,7 @@ def campaign_create(
     script_ref: str | None,
     dnc_lists: Sequence[str],
     groups: Sequence[str],
+    ivr_flow: str | None,
     as_json: bool,
 ) -> None:
     """Create campaign NAME (in state draft)."""
@@ -239,6 +243,7 @@ def campaign_create(
         script_ref=script_ref,
         dnc_lists=dnc_lists,
         agent_groups=groups,
+        ivr_flow=ivr_flow,
     )
     with ctx.engine.connect() as conn:
         info = campaign_info(conn, cid)
@@ -998,6 +1003,9 @@ def sim_pbx(ami_port: int, ari_port: int | None, host: str, time_scale: float,
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve())
+
+
+main.add_command(ivr_group)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -200,6 +200,7 @@ class DncSource(StrEnum):
     IMPORT = "import"
     SMS_STOP = "sms-stop"
     AGENT = "agent"
+    IVR = "ivr"  # the caller opted out in an IVR flow (a `dnc` node)
 
 
 #: `contacts.state_reason` is a VARCHAR(200) (PostgreSQL refuses a longer value).

@@ -142,6 +142,7 @@ class CallState(StrEnum):
     ABANDONING = "abandoning"  # the information message plays; counted as abandoned
     MACHINE = "machine"  # a machine being hung up or given the recorded message
     DANGLING = "dangling"  # no result in time; kept to reconcile a late hang-up
+    IVR = "ivr"  # an agentless campaign's live answer, handed to its IVR flow
 
 
 #: States in which a call still counts as "ringing" for the pacer (no live answer yet).
@@ -200,6 +201,8 @@ class CampaignRun:
     caller_id: str
     channel: str
     sms_template: str | None
+    #: Agentless mode: the IVR flow every live answer is handed to (None: nothing is dialed).
+    ivr_flow: str | None = None
     waiting: deque[str] = field(default_factory=deque)
     #: Shared by every version of the run that a settings reload makes (like the pacer).
     stats: CampaignStats = field(default_factory=lambda: CampaignStats())
@@ -297,6 +300,7 @@ class Engine:
         self._late = 0.0
         self.skipped_ticks = 0
         self._retired: dict[int, CampaignRun] = {}
+        self._no_flow_warned: set[int] = set()
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -388,7 +392,12 @@ class Engine:
                     policy = policies[r.campaign_id] = campaign_policy(conn, r.campaign_id)
                 if r.correlation_id in live:
                     continue
-                if r.agent is not None and r.connected_at is not None:
+                if r.call_state == "ivr" and r.connected_at is not None:
+                    # An agentless call that was in its IVR flow and ended while no engine
+                    # ran: the person was reached.
+                    finish_attempt(conn, r.id, Outcome.HUMAN, now, policy,
+                                   reason="ended in the IVR while the engine was stopped")
+                elif r.agent is not None and r.connected_at is not None:
                     # A conversation that ended while no engine ran: it happened, but its
                     # wrap-up cannot, so it is closed as abandoned by agent (nothing lost).
                     conn.execute(
@@ -436,6 +445,9 @@ class Engine:
                 call.state = CallState.ABANDONING
             elif state == "machine":
                 call.state = CallState.MACHINE
+            elif state == "ivr":
+                call.state = CallState.IVR
+                call.answered = call.live_since = mono
             self.calls[call.call_id] = call
         # Adopted calls are settled by their campaign's strategy whether or not this node
         # paces that campaign from now on (the first refresh decides that).
@@ -534,6 +546,7 @@ class Engine:
             caller_id=c.caller_id or "",
             channel=c.channel,
             sms_template=c.sms_template,
+            ivr_flow=c.ivr_flow,
         )
         if old is not None:
             run.waiting, run.stats = old.waiting, old.stats
@@ -567,10 +580,27 @@ class Engine:
             due = t0 + self.tick_s
             await self.clock.sleep(max(0.0, self.tick_s - (self.clock.monotonic() - t0)))
 
+    def _can_take_live_answers(self, run: CampaignRun) -> bool:
+        """An agentless campaign without an IVR flow would abandon every live answer: it is
+        not dialed (said once in the log, and again after it is fixed and broken again)."""
+        if run.mode is not DialMode.AGENTLESS or run.ivr_flow is not None:
+            self._no_flow_warned.discard(run.id)
+            return True
+        if run.id not in self._no_flow_warned:
+            self._no_flow_warned.add(run.id)
+            log.warning("campaign %s (%s) is agentless but names no IVR flow (ivr_flow): "
+                        "nothing is dialed for it", run.id, run.name)
+        return False
+
     def snapshot(self, run: CampaignRun, now: float) -> PacingSnapshot:
         ready, busy = self.board.counts(run.id, now)
         ringing = [now - c.placed for c in self.calls.values()
                    if c.campaign_id == run.id and c.state in _RINGING]
+        if run.mode is DialMode.AGENTLESS:
+            # The lines an agentless campaign holds are its calls in the IVR, not agents.
+            busy = [*busy, *(now - c.live_since for c in self.calls.values()
+                             if c.campaign_id == run.id and c.state is CallState.IVR
+                             and c.live_since is not None)]
         waiting = sum(1 for c in self.calls.values()
                       if c.campaign_id == run.id and c.state is CallState.WAITING)
         return PacingSnapshot(
@@ -589,7 +619,8 @@ class Engine:
         if mono - self._last_private_check >= PRIVATE_CALLBACK_CHECK_S:
             self._last_private_check = mono
             await self._dial_private_callbacks()
-        runs = [r for r in self.campaigns.values() if r.channel != "sms"]
+        runs = [r for r in self.campaigns.values()
+                if r.channel != "sms" and self._can_take_live_answers(r)]
         up = [n for n, b in self.pbxs.items() if b.connected]
         wants: dict[int, int] = {}
         if runs:
@@ -851,6 +882,9 @@ class Engine:
         self._observe_ring(call, run, Outcome.HUMAN, mono)
         if run is not None:
             run.stats.live += 1
+        if run is not None and run.mode is DialMode.AGENTLESS and call.preview_agent is None:
+            self._to_ivr(call, run, mono)
+            return
         agent = self._agent_for(call)
         if agent is not None:
             self._bridge(call, agent)
@@ -861,6 +895,46 @@ class Engine:
         if run is not None:
             run.waiting.append(call.call_id)
         self.spawn(self._connect_deadline(call), name=f"deadline-{call.call_id}")
+
+    def _to_ivr(self, call: LiveCall, run: CampaignRun, mono: float) -> None:
+        """Agentless: the live answer is connected at once, to the campaign's IVR flow.
+
+        Written first (the attempt `ivr`, connected now; the contact out of the lease pool
+        while the call lasts), then the PBX moves the call; the flow decides the rest (an
+        opt-out, a transfer). A hand-off the PBX refuses is an abandon: nobody spoke to the
+        person within the connect limit.
+        """
+        if run.ivr_flow is None:  # the flow was removed after the call was placed
+            self._abandon(call, count=True)
+            return
+        now = self.clock.now()
+        call.state = CallState.IVR
+        with write_transaction(self.db) as conn:
+            mark_call(conn, call.attempt_id, call_state="ivr", answered_at=now,
+                      connected_at=now)
+            conn.execute(_CONNECT_CONTACT, {"contact_id": call.contact_id, "now": now})
+        run.pacer.observe_connect(0.0)
+        variables = {"called_number": call.number, "contact_id": str(call.contact_id),
+                     "campaign": run.name, "attempt_id": str(call.attempt_id)}
+        self.spawn(self._do_ivr(call, run.ivr_flow, variables), name=f"ivr-{call.call_id}")
+
+    async def _do_ivr(self, call: LiveCall, flow: str, variables: Mapping[str, str]) -> None:
+        try:
+            await self.pbxs[call.pbx].send_to_ivr(call.call_id, flow, variables)
+        except UnknownCall:
+            pass  # the person hung up meanwhile; the HANGUP event settles it
+        except TelephonyError as exc:
+            log.warning("handing %s to IVR flow %s failed: %s", call.call_id, flow, exc)
+            if self.calls.get(call.call_id) is call and call.state is CallState.IVR:
+                with write_transaction(self.db) as conn:
+                    conn.execute(
+                        update(Contact)
+                        .where(Contact.id == call.contact_id,
+                               Contact.state == ContactState.CONNECTED.value)
+                        .values(state=ContactState.SENT_TO_DIALER.value,
+                                updated_at=self.clock.now())
+                    )
+                self._abandon(call, count=True)
 
     def _agent_for(self, call: LiveCall) -> AgentSession | None:
         if call.preview_agent is not None:
@@ -1026,6 +1100,12 @@ class Engine:
             if run is not None and not call.machine:
                 run.stats.abandoned += 1
                 run.pacer.observe_abandon()
+        elif st is CallState.IVR:
+            # The person heard the flow: reached, like a call an agent took (the contact
+            # stays `connected`, closed for the strategy as any live answer is).
+            outcome = Outcome.HUMAN
+            if run is not None and call.live_since is not None:
+                run.pacer.observe_handle(mono - call.live_since)
         else:  # BRIDGED
             # A machine passed to an agent stays a machine in the record and the statistics.
             outcome = Outcome.MACHINE if call.machine else Outcome.HUMAN

@@ -16,6 +16,7 @@ The configuration (see `docker/paceline/paceline.toml` for a full example):
     username = "paceline"
     secret_env = "PACELINE_AMI_SECRET"   # or secret = "..."; never logged
     app = "paceline"                 # ARI Stasis application
+    ivr_app = "paceline-ivr"         # agentless campaigns hand answered calls to this Stasis app
     trunk = "PJSIP/{number}@trunk"
 
     [sms]                            # optional; provider "http" or "sim"
@@ -25,6 +26,22 @@ The configuration (see `docker/paceline/paceline.toml` for a full example):
     [sim]                            # optional, for demos and tests: simulated agents
     agents = 20
     [clock]                          # optional, for tests: virtual time (scale, start, anchor)
+    [ivr]                            # optional: IVR flows on an ARI [[pbx]] (ivr.ari.IvrApp)
+    app = "paceline-ivr"             # its Stasis app: not the dialer's own `app`
+    pbx = "pbx1"                     # default: the first [[pbx]] with backend = "ari"
+    flows = "flows/"                 # every *.yaml/*.yml/*.toml in it (relative to this file),
+                                     # loaded and validated at start: any error stops the start
+    default_flow = "main"            # the flow of a number without a route
+    record_calls = false             # record each IVR call (paused while card digits are keyed)
+    group_endpoint = "Local/{group}@paceline-queue"   # where `transfer kind = "group"` dials
+                                     # (the default: the Asterisk queue of the group's name)
+    [ivr.fields]                     # names of the contacts' business columns for the flows,
+    param1 = "first_name"            # e.g. `identify` sets contact_first_name; a field named
+    param2 = "pin"                   # pin / dob / date_of_birth is kept for `verify` only
+    [ivr.routes]                     # dialled number -> flow name
+    "0800123456" = "payment"
+    [ivr.payment]
+    gateway = "sim"                  # the only gateway shipped: ivr.payments.SimGateway
 
 Every problem in the file is reported as `ConfigError` naming the file and the key. Secrets are
 read from the environment variable a `*_env` key names (or inline, for a lab), and are never
@@ -42,6 +59,7 @@ import contextlib
 import hmac
 import logging
 import os
+import re
 import signal
 import socket
 import tomllib
@@ -60,6 +78,7 @@ from dialer.campaigns import find_campaign_id
 from dialer.clock import Clock, ScaledClock, SystemClock
 from dialer.db import WalCheckpointer, make_engine, migrate
 from dialer.engine import Engine
+from ivr.model import Flow
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +98,7 @@ class PbxConfig:
     port: int = 5038
     url: str = "http://127.0.0.1:8088"
     app: str = "paceline"
+    ivr_app: str = "paceline-ivr"
 
 
 @dataclass(frozen=True)
@@ -89,6 +109,19 @@ class SimConfig:
     campaign: str | None = None
     seed: int = 0
     wrap_s: tuple[float, float] = (5.0, 25.0)
+
+
+@dataclass(frozen=True)
+class IvrConfig:
+    pbx: str
+    flows: Path
+    app: str = "paceline-ivr"
+    default_flow: str | None = None
+    record_calls: bool = False
+    routes: Mapping[str, str] = field(default_factory=dict)
+    gateway: str = "sim"
+    group_endpoint: str = "Local/{group}@paceline-queue"
+    fields: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -114,7 +147,7 @@ class ServiceConfig:
     #: Advisory-lock namespace of campaign ownership: deployments that share one PostgreSQL
     #: database (in different schemas) need different values.
     lock_namespace: int | None = None
-
+    ivr: IvrConfig | None = None
 
     def __repr__(self) -> str:
         from sqlalchemy.engine import make_url
@@ -172,7 +205,7 @@ def _port(section: Mapping[str, Any], where: str) -> int:
 def parse_config(data: Mapping[str, Any], source: str = "<config>") -> ServiceConfig:
     """Validate a parsed TOML document; errors name `source` and the key."""
     known = {"node_id", "database", "tick_s", "campaigns", "pbx", "sms", "webhook", "http",
-             "sim", "clock", "status_file", "lock_namespace"}
+             "sim", "clock", "status_file", "lock_namespace", "ivr"}
     for key in data:
         if key not in known:
             raise ConfigError(f"{source}: unknown key {key!r} (known: {', '.join(sorted(known))})")
@@ -207,6 +240,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> ServiceCo
             port=_port(p, where),
             url=_get(p, "url", str, where, "http://127.0.0.1:8088"),
             app=_get(p, "app", str, where, "paceline"),
+            ivr_app=_get(p, "ivr_app", str, where, "paceline-ivr"),
         ))
     campaigns = data.get("campaigns")
     if campaigns is not None and (
@@ -277,7 +311,93 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>") -> ServiceCo
         clock_start=start if isinstance(start, datetime) else None,
         clock_anchor=_get(clock, "anchor", float, f"{source}: clock", None),
         status_file=_get(data, "status_file", str, source, None),
+        ivr=_parse_ivr(data, source, pbxs) if "ivr" in data else None,
     )
+
+
+def _parse_ivr(data: Mapping[str, Any], source: str, pbxs: list[PbxConfig]) -> IvrConfig:
+    where = f"{source}: ivr"
+    ivr = _table(data, "ivr", source)
+    known = {"app", "pbx", "flows", "default_flow", "record_calls", "routes", "payment",
+             "group_endpoint", "fields"}
+    for key in ivr:
+        if key not in known:
+            raise ConfigError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+    ari = [p for p in pbxs if p.backend == "ari"]
+    name = _get(ivr, "pbx", str, where, ari[0].name if ari else None)
+    pbx = next((p for p in pbxs if p.name == name), None)
+    if pbx is None or pbx.backend != "ari":
+        raise ConfigError(f"{where}.pbx: the IVR runs on ARI: name a [[pbx]] with "
+                          f"backend = \"ari\" (got {name!r})")
+    app = _get(ivr, "app", str, where, "paceline-ivr")
+    if app == pbx.app:
+        raise ConfigError(f"{where}.app: {app!r} is the dialer's own Stasis app on "
+                          f"{pbx.name}; give the IVR another (e.g. \"paceline-ivr\")")
+    if app != pbx.ivr_app:
+        raise ConfigError(f"{where}.app: {app!r}, but [[pbx]] {pbx.name} hands agentless calls "
+                          f"to ivr_app = {pbx.ivr_app!r}; set both to the same Stasis app")
+    flows = _get(ivr, "flows", str, where, None)
+    if not flows:
+        raise ConfigError(f"{where}.flows: the folder of the flow files is required")
+    folder = Path(flows)
+    if not folder.is_absolute() and source != "<config>":
+        folder = Path(source).parent / folder
+    routes = _table(ivr, "routes", where)
+    if not all(isinstance(v, str) for v in routes.values()):
+        raise ConfigError(f"{where}.routes: map each number to a flow name (a string)")
+    gateway = _get(_table(ivr, "payment", where), "gateway", str, f"{where}.payment", "sim")
+    if gateway != "sim":
+        raise ConfigError(f"{where}.payment.gateway: only \"sim\" is available, got {gateway!r}")
+    group_endpoint = _get(ivr, "group_endpoint", str, where, "Local/{group}@paceline-queue")
+    if "{group}" not in group_endpoint:
+        raise ConfigError(f"{where}.group_endpoint: put {{group}} where the group's name goes, "
+                          f"e.g. \"Local/{{group}}@paceline-queue\" (got {group_endpoint!r})")
+    fields = _table(ivr, "fields", where)
+    for column, label in fields.items():
+        if not re.fullmatch(r"param([1-9]|1[0-2])|external_id", str(column)) \
+                or not isinstance(label, str) or not re.fullmatch(r"[a-z][a-z0-9_]*", label):
+            raise ConfigError(f"{where}.fields.{column}: map a contact column (param1..param12, "
+                              f"external_id) to a lower-case name, got {label!r}")
+    return IvrConfig(
+        pbx=pbx.name, flows=folder, app=app, group_endpoint=group_endpoint,
+        fields={str(k): str(v) for k, v in fields.items()},
+        default_flow=_get(ivr, "default_flow", str, where, None),
+        record_calls=_get(ivr, "record_calls", bool, where, False),
+        routes={str(k): str(v) for k, v in routes.items()}, gateway=gateway,
+    )
+
+
+def load_ivr_flows(cfg: IvrConfig) -> dict[str, Flow]:
+    """Every flow file of `cfg.flows` by flow name, loaded and validated; `ConfigError` with
+    every problem (file:line:col) otherwise, and when a route names no flow."""
+    from ivr.model import FlowErrors
+    from ivr.validate import load_and_check
+
+    if not cfg.flows.is_dir():
+        raise ConfigError(f"[ivr] flows: {cfg.flows} is not a folder")
+    flows: dict[str, Flow] = {}
+    problems: list[str] = []
+    files = sorted(p for p in cfg.flows.iterdir() if p.suffix in (".yaml", ".yml", ".toml"))
+    for path in files:
+        try:
+            flow = load_and_check(path)
+        except FlowErrors as exc:
+            problems.extend(str(e) for e in exc.errors)
+            continue
+        if flow.name in flows:
+            problems.append(f"{path}: flow name {flow.name!r} is used by "
+                            f"{flows[flow.name].path} too")
+        flows[flow.name] = flow
+    wanted = {f"routes.{number}": name for number, name in cfg.routes.items()}
+    if cfg.default_flow is not None:
+        wanted["default_flow"] = cfg.default_flow
+    for key, name in wanted.items():
+        if name not in flows and not problems:  # (a refused flow is reported once, above)
+            problems.append(f"[ivr] {key}: no flow named {name!r} in {cfg.flows} "
+                            f"(flows: {', '.join(sorted(flows)) or 'none'})")
+    if problems:
+        raise ConfigError("IVR flows refused:\n" + "\n".join(problems))
+    return flows
 
 
 def _check_sms(section: Any, where: str) -> None:
@@ -314,10 +434,10 @@ def make_backend(cfg: PbxConfig) -> Telephony:
     if cfg.backend == "ami":
         from cti.ami.telephony import AmiTelephony
 
-        return AmiTelephony(cfg.host, cfg.port, cfg.username, cfg.secret)
+        return AmiTelephony(cfg.host, cfg.port, cfg.username, cfg.secret, ivr_app=cfg.ivr_app)
     from cti.ari.telephony import AriTelephony
 
-    return AriTelephony(cfg.url, cfg.username, cfg.secret, app=cfg.app)
+    return AriTelephony(cfg.url, cfg.username, cfg.secret, app=cfg.app, ivr_app=cfg.ivr_app)
 
 
 def make_clock(cfg: ServiceConfig) -> Clock:
@@ -458,6 +578,7 @@ async def run_service(
 ) -> None:
     """Run one node until `stop` is set (or SIGTERM/SIGINT). Owns everything it starts."""
     clock = make_clock(cfg)
+    ivr_flows = None if cfg.ivr is None else load_ivr_flows(cfg.ivr)  # bad flows stop here
     db = make_engine(db_url or cfg.database)
     await asyncio.to_thread(migrate, db)
     campaign_ids = None
@@ -510,9 +631,13 @@ async def run_service(
             stack.push_async_callback(runner.cleanup)
             await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
             log.info("agent API and SMS hooks on http://%s", cfg.http_listen)
+        ivr_app = None
+        if cfg.ivr is not None and ivr_flows is not None:
+            ivr_app = await _ivr_app(cfg, cfg.ivr, ivr_flows, db, sms, stack)
         log.info("node %s: %d PBX(s), tick %.2f s", cfg.node_id, len(backends), cfg.tick_s)
         async with asyncio.TaskGroup() as tg:
             tg.create_task(engine.run(), name="engine")
+            ivr_task = None if ivr_app is None else tg.create_task(ivr_app.run(), name="ivr")
             sim_task = None
             if cfg.sim is not None and cfg.sim.agents > 0:
                 sim_task = tg.create_task(_sim_agents(cfg, db, engine), name="sim-agents")
@@ -524,9 +649,43 @@ async def run_service(
                 on_started(engine)
             await stop.wait()
             engine.stop()
-            for t in (sim_task, status_task):
+            for t in (sim_task, status_task, ivr_task):
                 if t is not None:
                     t.cancel()
+
+
+async def _ivr_app(
+    cfg: ServiceConfig, ivr: IvrConfig, flows: dict[str, Flow], db: DbEngine, sms: Any,
+    stack: contextlib.AsyncExitStack,
+) -> Any:
+    """The IVR's Stasis app on its [[pbx]], with the database-backed services."""
+    import base64
+
+    import aiohttp
+
+    from cti.ari.rest import AriRestClient
+    from ivr.ari import IvrApp
+    from ivr.payments import SimGateway
+    from ivr.runner import Services
+    from ivr.services import EndpointTemplatePicker, build_services
+
+    pbx = next(p for p in cfg.pbxs if p.name == ivr.pbx)
+    token = base64.b64encode(f"{pbx.username}:{pbx.secret}".encode()).decode()
+    session = aiohttp.ClientSession(
+        headers={"Authorization": f"Basic {token}"}, timeout=aiohttp.ClientTimeout(total=10)
+    )
+    stack.push_async_callback(session.close)
+    parts = build_services(db, gateway=SimGateway(),
+                           sms_provider=None if sms is None else sms.provider,
+                           field_names=ivr.fields or None)
+    stack.push_async_callback(parts["crm"].close)
+    routes = dict(ivr.routes)
+    if ivr.default_flow is not None:
+        routes.setdefault("default", ivr.default_flow)
+    log.info("IVR app %s on %s: %d flow(s)", ivr.app, pbx.name, len(flows))
+    return IvrApp(AriRestClient(session, pbx.url), session, ivr.app, flows, routes,
+                  Services(**parts), record_calls=ivr.record_calls,
+                  agents=EndpointTemplatePicker(ivr.group_endpoint))
 
 
 async def _sms_service(

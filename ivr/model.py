@@ -224,6 +224,9 @@ class Pay(Node):
     retries: int = 2
     timeout_s: float = 8.0
     description: str = ""
+    #: Seconds after a digit before a step takes the entry as complete (no `#` pressed);
+    #: `timeout_s` is the wait for the first digit.
+    inter_digit_timeout_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -376,3 +379,8 @@ class Flow:
     #: Subflows referenced by Subflow nodes, by the `flow` string as written.
     subflows: Mapping[str, Flow] = field(default_factory=dict)
     pos: Pos = field(default_factory=lambda: Pos("<flow>", 1, 1))
+    #: Where each top-level field (`start`, `language`, `languages`, `inputs`...) was written.
+    fields: Mapping[str, Pos] = field(default_factory=dict)
+
+    def where(self, field_name: str) -> Pos:
+        return self.fields.get(field_name, self.pos)

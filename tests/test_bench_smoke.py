@@ -107,3 +107,27 @@ def test_engine_load_bench_runs_small() -> None:
     assert re.search(r"^(PASS|FAIL)  answer-to-bridge p99 ([\d.]+|nan) ms with an agent free "
                      r"\(goal < 200 ms\)",
                      out, re.M), out
+
+
+def test_ivr_sessions_bench_runs_small() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "ivr_sessions.py"), "--sessions", "20",
+         "--ramp", "0.5", "--time-scale", "0.1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert re.search(r"^emulator: in its own process.*, time scale 0\.1", out, re.M), out
+    assert re.search(r"^sessions: 20 of 20 completed in [\d.]+ s = [\d,.]+ sessions/s .*"
+                     r"outcomes: hangup at done 20; payments: approved 20\)", out, re.M), out
+    assert re.search(r"^peak concurrent sessions: \d+ of 20", out, re.M), out
+    assert re.search(r"^DTMF to command \(SessionRunner\.dtmf_latencies.*: 500 keys of 500 "
+                     r"handled \(500 sent\), p50 [\d.]+ ms, p99 [\d.]+ ms", out, re.M), out
+    assert re.search(r"^end to end \(emulator clock.*: [\d,]+ keys, p50 [\d.]+ ms, p99 [\d.]+ ms",
+                     out, re.M), out
+    assert re.search(r"^interpreter alone \(no I/O.*: 500 keys, p50 [\d.]+ ms, p99 [\d.]+ ms",
+                     out, re.M), out
+    assert re.search(r"^ratio: DTMF-to-command p99 / interpreter-alone p99 = [\d,.]+x", out, re.M)
+    assert re.search(r"^CPU: app process \d+% of one core", out, re.M), out
+    assert re.search(r"^(PASS|FAIL)  peak concurrent sessions \d+ \(goal >= 1,000\)", out, re.M)
+    assert re.search(r"^(PASS|FAIL)  DTMF-to-command p99 [\d.]+ ms \(goal < 20 ms\)", out, re.M)

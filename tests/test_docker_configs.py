@@ -14,6 +14,7 @@ is compared with the emulator's, and everything around the dialplan is checked.)
 from __future__ import annotations
 
 import ast
+import dataclasses
 import inspect
 import ipaddress
 import os
@@ -76,6 +77,7 @@ APP_MODULES = {
     "Dial": "app_dial.so",
     "MusicOnHold": "res_musiconhold.so",
     "Playback": "app_playback.so",
+    "Queue": "app_queue.so",
     "Stasis": "app_stasis.so",
 }
 
@@ -340,6 +342,36 @@ def test_paceline_contexts_run_the_steps_the_emulator_models() -> None:
                     assert target in contexts, f"{step.where}: Local/...@{target} is undefined"
         for included in context.includes:
             assert included in contexts, f"[{name}] includes undefined [{included}]"
+
+
+def test_the_ivr_contexts_queues_and_flows_are_the_run_configs() -> None:
+    """The ARI run config's [ivr]: its Stasis app is the one [paceline-ivr] hands calls to, its
+    flows (the folder compose mounts) load and validate with its routes, every group those
+    flows transfer to is a queue of queues.conf (the default group endpoint dials the queue
+    through [paceline-queue]), and the external transfers' context dials the trunk."""
+    from dialer.service import load_ivr_flows
+    from ivr.model import Transfer
+
+    contexts = plan()
+    config = load(run_config_for("ari"))
+    ivr = config.ivr
+    assert ivr is not None, "paceline-ari.toml has no [ivr] section"
+    stasis = [data for steps in contexts["paceline-ivr"].extensions.values()
+              for _, app, data in [(s.label, s.app, s.data) for s in steps] if app == "Stasis"]
+    assert stasis and all(d.split(",")[0] == ivr.app for d in stasis), stasis
+    host_flows = bind_mounts("paceline").get(str(ivr.flows))
+    assert host_flows is not None, f"compose.yaml does not mount {ivr.flows} for the IVR"
+    flows = load_ivr_flows(dataclasses.replace(ivr, flows=host_flows))
+    assert ivr.default_flow in flows and set(ivr.routes.values()) <= set(flows)
+    queues = set(categories(ASTERISK / "queues.conf")) - {"general"}
+    groups = {n.target for f in flows.values() for n in f.nodes.values()
+              if isinstance(n, Transfer) and n.kind in ("group", "queue")}
+    assert groups and groups <= queues, f"no queue for groups {sorted(groups - queues)}"
+    endpoint = _LOCAL.search(ivr.group_endpoint)
+    assert endpoint and endpoint.group(2) == "paceline-queue", ivr.group_endpoint
+    for context, app in (("paceline-queue", "Queue"), ("paceline-external", "Dial")):
+        apps = [s.app for steps in contexts[context].extensions.values() for s in steps]
+        assert app in apps, f"[{context}] never runs {app}()"
 
 
 def test_goto_labels_exist() -> None:

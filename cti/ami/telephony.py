@@ -9,6 +9,9 @@ and PlayDTMF, into the dialplan contexts of `docker/asterisk/extensions_paceline
 - play_and_hangup: `Setvar PACELINE_SOUND` then `Redirect` to `paceline-abandon`;
 - hold: `Redirect` the customer to `paceline-hold` (music on hold) and, as `ExtraChannel`,
   the agent leg to `paceline-park`; unhold: the `Bridge` action joins them again;
+- send_to_ivr: `Setvar PACELINE_<NAME>` for each of the flow's inputs and
+  `PACELINE_IVR_APP=<ivr_app>`, then `Redirect` to `paceline-ivr-outbound` with the flow's
+  name as the extension (its `Stasis(${PACELINE_IVR_APP},${EXTEN})`);
 - blind/attended transfer: `BlindTransfer` / `Atxfer` on the agent leg, into
   `paceline-transfer`; an attended transfer completes when the consult target is bridged with
   the agent, by hanging up the agent leg (Asterisk then joins customer and target).
@@ -32,7 +35,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Collection, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Mapping
 from types import TracebackType
 from typing import Self
 
@@ -60,6 +63,12 @@ _VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 _NO_CHANNEL_MESSAGES = ("no such channel", "channel not found", "does not exist")
 
+#: Where send_to_ivr redirects a call (extension = the flow). Not a constructor parameter:
+#: its extension is the flow, matched by the pattern `_[a-z].` of extensions_paceline.conf.
+IVR_CONTEXT = "paceline-ivr-outbound"
+#: A flow name the pattern `_[a-z].` matches and a `Redirect` header can carry.
+_FLOW = re.compile(r"[a-z][A-Za-z0-9_.-]+")
+
 
 class AmiTelephony:
     """Telephony over one Asterisk manager connection. See the module docstring."""
@@ -82,6 +91,7 @@ class AmiTelephony:
         hold_context: str = "paceline-hold",
         park_context: str = "paceline-park",
         transfer_context: str = "paceline-transfer",
+        ivr_app: str = "paceline-ivr",
     ) -> None:
         self._host = host
         self._port = port
@@ -97,6 +107,7 @@ class AmiTelephony:
         self._ctx_hold = hold_context
         self._ctx_park = park_context
         self._ctx_transfer = transfer_context
+        self.ivr_app = ivr_app
         self.tracker = ChannelTracker()
         self._queue: asyncio.Queue[CallEvent | None] = asyncio.Queue()
         self._conn: AmiConnection | None = None
@@ -468,6 +479,42 @@ class AmiTelephony:
 
     async def play_and_hangup(self, call_id: str, sound: str) -> None:
         await self._setvar_and_redirect(call_id, "PACELINE_SOUND", sound, self._ctx_abandon)
+
+    async def send_to_ivr(self, call_id: str, flow: str, variables: Mapping[str, str]) -> None:
+        """Setvar `PACELINE_<NAME>` for each variable and `PACELINE_IVR_APP`, then Redirect the
+        customer channel into `IVR_CONTEXT`, extension `flow`. The call stays followed: its
+        Hangup gives the HANGUP as for any call. ValueError for a flow name or a variable the
+        dialplan cannot take (checked before anything is sent)."""
+        if not _FLOW.fullmatch(flow):
+            raise ValueError(
+                f"IVR flow {flow!r}: a lower-case letter, then letters, digits, _ . or - "
+                f"(the extension pattern _[a-z]. of [{IVR_CONTEXT}])"
+            )
+        settings: list[tuple[str, str]] = []
+        for name, value in variables.items():
+            if not _VAR_NAME.fullmatch(name):
+                raise ValueError(f"IVR variable name {name!r}: letters, digits and _ only")
+            if "\r" in value or "\n" in value:
+                raise ValueError(f"IVR variable {name}: the value must be one line")
+            settings.append((f"PACELINE_{name.upper()}", value))
+        settings.append(("PACELINE_IVR_APP", self.ivr_app))
+        root = self._root(call_id)
+        for variable, value in settings:
+            await self._act(
+                "Setvar",
+                ("Channel", root),
+                ("Variable", variable),
+                ("Value", value),
+                call_id=call_id,
+            )
+        await self._act(
+            "Redirect",
+            ("Channel", root),
+            ("Context", IVR_CONTEXT),
+            ("Exten", flow),
+            ("Priority", "1"),
+            call_id=call_id,
+        )
 
     async def blind_transfer(self, call_id: str, target: str) -> None:
         agent = self._agent_leg(call_id)

@@ -40,6 +40,13 @@ How each command maps onto ARI (paths as in the Asterisk 20 swagger):
   HELD/UNHELD are reported once ARI answered 204.
 - send_dtmf: `POST /channels/{id}/dtmf` with the digits in the JSON body, never in the URL.
   Digits are never logged (a card number), only counts.
+- send_to_ivr: `POST /channels/{id}/variable` for each `PACELINE_<NAME>`, then
+  `POST /channels/{id}/move?app=<ivr_app>&appArgs=<flow>`. ARI answers 204 once the move is
+  queued; res_stasis then sends StasisEnd to us and StasisStart (args [flow]) to the IVR app,
+  or, when the IVR app has no WebSocket, ApplicationMoveFailed to us (the call stays with
+  us). send_to_ivr returns on that StasisEnd and raises TelephonyError on the failure. The
+  app that originated a channel stays subscribed to it after it leaves (as after a
+  `continue`), so the call is still followed: its ChannelDestroyed gives the one HANGUP.
 - inbound calls: a channel that enters our app without being ours is INBOUND; the app then
   subscribes to `channel:<id>` so its end is still seen after it leaves Stasis.
 
@@ -78,10 +85,10 @@ from typing import Any, Self
 
 import aiohttp
 
-from cti.ari.errors import AriAuthenticationFailed, Conflict, NotFound
+from cti.ari.errors import Conflict, NotFound
 from cti.ari.rest import AriRestClient
 from cti.ari.tracker import AriTracker, LegRole
-from cti.ari.ws import AriEvent, AriEventDecoder
+from cti.ari.ws import AriEvent, AriEventDecoder, close_quietly, open_event_socket
 from cti.events import CallEvent, CallEventKind
 from cti.interface import (
     AuthenticationFailed,
@@ -94,15 +101,17 @@ from cti.redact import describe_exception
 
 log = logging.getLogger(__name__)
 
-#: Largest WebSocket message accepted at all; bigger ones drop the link (and reconnect). Frames
-#: above the decoder's own `ws.MAX_FRAME_BYTES` are received but skipped.
-MAX_WS_MESSAGE_BYTES = 8 << 20
-
 #: How many disowned originate ids are remembered (see `AriTelephony._disown`).
 MAX_DISOWNED = 10_000
 
 CALL_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 DTMF_RE = re.compile(r"^[0-9A-Da-d*#]+$")
+#: An IVR flow name (a Stasis argument: no comma) and the name of one of its inputs.
+_FLOW_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+#: How a move to the IVR app ended (`AriTelephony.send_to_ivr`).
+_MOVE_DONE, _MOVE_FAILED, _MOVE_ENDED, _MOVE_CLOSED = "moved", "failed", "ended", "closed"
 
 #: Playback states after which no PlaybackFinished will come (swagger `Playback.state`).
 PLAYBACK_ENDED = frozenset({"done", "failed"})
@@ -164,6 +173,8 @@ class AriTelephony:
         transfer_context: str = "agents",
         moh_class: str | None = None,
         transfer_timeout_s: float = 30.0,
+        ivr_app: str = "paceline-ivr",
+        move_timeout_s: float = 5.0,
         reconnect_initial_s: float = 0.2,
         reconnect_max_s: float = 10.0,
         request_timeout_s: float = 10.0,
@@ -175,6 +186,8 @@ class AriTelephony:
         self.transfer_context = transfer_context
         self.moh_class = moh_class
         self.transfer_timeout_s = transfer_timeout_s
+        self.ivr_app = ivr_app
+        self.move_timeout_s = move_timeout_s
         self.reconnect_initial_s = reconnect_initial_s
         self.reconnect_max_s = reconnect_max_s
         self._username = username
@@ -206,6 +219,8 @@ class AriTelephony:
         self._disowned: dict[str, None] = {}  # originates given up on; hang up if they show
         #: calls being adopted -> their events held until the adoption is done (`adopt`)
         self._adopting: dict[str, list[AriEvent]] = {}
+        #: calls being moved to the IVR app -> how the move ended (`send_to_ivr`)
+        self._moves: dict[str, asyncio.Future[str]] = {}
         self._resyncs = 0  # bumped by every successful reconnect
         self._rng = random.Random()  # backoff jitter only
 
@@ -239,6 +254,9 @@ class AriTelephony:
         self._connected = False
         for transfer in self._consults.values():
             transfer.settle(False)
+        for move in self._moves.values():
+            if not move.done():
+                move.set_result(_MOVE_CLOSED)
         for task in list(self._tasks):
             task.cancel()
         if self._tg is not None:
@@ -314,24 +332,7 @@ class AriTelephony:
 
     async def _open_ws(self) -> aiohttp.ClientWebSocketResponse:
         assert self._session is not None and self._rest is not None
-        url = self._rest.base_url / "events"
-        try:
-            return await self._session.ws_connect(
-                url.with_query({"app": self.app}), heartbeat=30.0, max_msg_size=MAX_WS_MESSAGE_BYTES
-            )
-        except aiohttp.WSServerHandshakeError as exc:
-            if exc.status == 401:
-                raise AriAuthenticationFailed(
-                    f"ARI refused the event WebSocket for app {self.app!r} (HTTP 401)",
-                    detail="check the ARI username/password in ari.conf",
-                ) from None
-            raise BackendUnavailable(
-                f"ARI event WebSocket at {url} refused", detail=f"HTTP {exc.status}"
-            ) from None
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise BackendUnavailable(
-                f"ARI at {self.base_url} is unreachable", detail=describe_exception(exc)
-            ) from None
+        return await open_event_socket(self._session, self._rest.base_url, self.app)
 
     def _go_down(self, detail: str) -> None:
         if self._connected:
@@ -351,21 +352,16 @@ class AriTelephony:
             except ApplicationReplaced as exc:
                 self._fatal = exc
                 self._go_down(str(exc))
-                await self._close_quietly(ws)
+                await close_quietly(ws)
                 return
             except Exception as exc:
                 log.warning("ARI event WebSocket failed: %s", describe_exception(exc))
             self._go_down("event WebSocket closed")
-            await self._close_quietly(ws)
+            await close_quietly(ws)
             reconnected = await self._reconnect()
             if reconnected is None:
                 return
             ws = reconnected
-
-    @staticmethod
-    async def _close_quietly(ws: aiohttp.ClientWebSocketResponse) -> None:
-        with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
-            await ws.close()
 
     async def _reconnect(self) -> aiohttp.ClientWebSocketResponse | None:
         delay = self.reconnect_initial_s
@@ -387,18 +383,18 @@ class AriTelephony:
                     CallEvent(kind=CallEventKind.BACKEND_DOWN, call_id="", detail=str(exc))
                 )
                 if ws is not None:
-                    await self._close_quietly(ws)
+                    await close_quietly(ws)
                 return None
             except Exception as exc:  # TelephonyError, or anything a broken server causes
                 log.info("ARI reconnect or resync failed, retrying: %s", describe_exception(exc))
                 if ws is not None:
-                    await self._close_quietly(ws)
+                    await close_quietly(ws)
                 continue
             try:
                 self._resync(channels, confirmed_by)
             except Exception as exc:  # a bug must not end the reader: try the link again
                 log.error("ARI resync failed, reconnecting: %s", describe_exception(exc))
-                await self._close_quietly(ws)
+                await close_quietly(ws)
                 continue
             self._ws = ws
             self._connected = True
@@ -587,7 +583,20 @@ class AriTelephony:
                 self._spawn(f"hangup after playback of {call_id}", self._hangup_quietly, call_id)
         elif event.type == "ChannelDestroyed" and role is not None:
             self._on_leg_destroyed(channel_id, *role)
+        elif event.type in ("StasisEnd", "ApplicationMoveFailed") and channel_id in self._moves:
+            self._on_move_done(channel_id, event)
         self._publish_all(self._tracker.feed(event.data))
+
+    def _on_move_done(self, call_id: str, event: AriEvent) -> None:
+        """The StasisEnd of a call being moved (it is in the IVR app now), or its failure."""
+        move = self._moves[call_id]
+        if move.done():
+            return
+        if event.type == "StasisEnd":
+            self._tracker.note_moved(call_id, self.ivr_app)
+            move.set_result(_MOVE_DONE)
+        else:
+            move.set_result(_MOVE_FAILED)
 
     def _on_stasis_start(self, channel_id: str, call_id: str, role: LegRole) -> None:
         if role is not LegRole.CUSTOMER and not self._tracker.is_live(call_id):
@@ -606,6 +615,9 @@ class AriTelephony:
 
     def _on_leg_destroyed(self, channel_id: str, call_id: str, role: LegRole) -> None:
         self._agent_bridge.pop(channel_id, None)
+        move = self._moves.get(channel_id)
+        if move is not None and not move.done():
+            move.set_result(_MOVE_ENDED)
         transfer = self._consults.pop(channel_id, None)
         if transfer is not None:
             transfer.settle(False)
@@ -1151,3 +1163,68 @@ class AriTelephony:
             )
         await rest.send_dtmf(call_id, digits)
         log.info("sent %d DTMF digits to %s", len(digits), call_id)
+
+    async def send_to_ivr(self, call_id: str, flow: str, variables: Mapping[str, str]) -> None:
+        """Set `PACELINE_<NAME>` for each variable, then move the call into the IVR app
+        (`ivr_app`) with `flow` as its argument; returns once it left our app (its StasisEnd).
+
+        Raises ValueError for a flow name or variable name ARI cannot carry (nothing sent),
+        UnknownCall when the call is gone (404, or it ended before the move), TelephonyError
+        when ARI refused (409: not in Stasis, e.g. still in the AMD dialplan), when the IVR
+        app has no WebSocket (ApplicationMoveFailed: the call is still ours, in Stasis) or
+        when the move was not seen within `move_timeout_s`. Values are never logged."""
+        rest = self._rest_or_raise()
+        self._require_call(call_id)
+        if not _FLOW_RE.fullmatch(flow):
+            raise ValueError(
+                f"IVR flow {flow!r}: 1-64 characters of [A-Za-z0-9_.-] (a Stasis argument)"
+            )
+        names = {}
+        for name in variables:
+            if not _VAR_NAME_RE.fullmatch(name):
+                raise ValueError(f"IVR variable name {name!r}: letters, digits and _ only")
+            names[name] = f"PACELINE_{name.upper()}"
+        if call_id in self._moves:
+            raise TelephonyError(f"{call_id!r} is already being sent to the IVR")
+        moved: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        try:
+            for name, value in variables.items():
+                await rest.set_variable(call_id, names[name], value)
+            # Known before the POST: the StasisEnd may arrive before its answer.
+            self._moves[call_id] = moved
+            await rest.request(
+                "POST",
+                f"/channels/{call_id}/move",
+                params={"app": self.ivr_app, "appArgs": flow},
+            )
+            try:
+                async with asyncio.timeout(self.move_timeout_s):
+                    outcome = await asyncio.shield(moved)
+            except TimeoutError:
+                raise TelephonyError(
+                    f"move of {call_id!r} to IVR app {self.ivr_app!r} not confirmed",
+                    detail=f"no StasisEnd within {self.move_timeout_s:g} s"
+                    if self._connected
+                    else "the event link went down: the move could not be seen",
+                ) from None
+        except NotFound as exc:
+            raise UnknownCall(f"no live ARI call with id {call_id!r}", detail=exc.detail) from exc
+        finally:
+            if self._moves.get(call_id) is moved:
+                del self._moves[call_id]
+        if outcome == _MOVE_FAILED:
+            raise TelephonyError(
+                f"IVR app {self.ivr_app!r} refused {call_id!r}: not registered or not active",
+                detail="ApplicationMoveFailed; the call is still in our app: start the IVR",
+            )
+        if outcome == _MOVE_ENDED:
+            raise UnknownCall(
+                f"ARI call {call_id!r} ended before it reached the IVR",
+                detail="its HANGUP comes as usual",
+            )
+        if outcome == _MOVE_CLOSED:
+            raise BackendUnavailable("ARI backend closed while moving a call to the IVR")
+        log.info(
+            "sent %s to IVR app %s, flow %s, with %d variables",
+            call_id, self.ivr_app, flow, len(variables),
+        )

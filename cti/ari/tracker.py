@@ -27,6 +27,13 @@ Facts the mapping relies on (Asterisk 20.20.1 captures):
 - Hold on a Local channel starts music on hold but sends no ChannelHold: the backend reports
   HELD/UNHELD itself; the tracker maps ChannelHold/ChannelUnhold when they do come.
 
+- `POST /channels/{id}/move` to another app (send_to_ivr) sends us StasisEnd and the new app
+  StasisStart; we stay subscribed to a channel we originated (res_stasis drops only the one
+  subscription its StasisStart made), so that StasisEnd ends nothing and its
+  ChannelDestroyed gives the HANGUP. `note_moved` records the hand-over: the leg is in the
+  other app's Stasis now, never ours, whatever a snapshot's `dialplan` says (a move leaves it
+  naming the Stasis() the channel entered by).
+
 - Restart (`adopt`, `adopt_bridge`): legs of an earlier process are taken over in the state a
   snapshot shows, without events for what is past. Until then a StasisStart of such a leg
   (its arguments say `customer`, `agent`, `consult` or `amd`) is not an inbound call.
@@ -116,6 +123,7 @@ class _Leg:
     confirmed_seq: int | None = None
     subscribed: bool = False  # an inbound leg the app subscribed to (events after StasisEnd)
     was_bridged: bool = False
+    moved_to: str | None = None  # the Stasis app it was moved to (`note_moved`)
 
 
 def _channel(event: Mapping[str, Any], key: str = "channel") -> Mapping[str, Any]:
@@ -213,6 +221,19 @@ class AriTracker:
         leg = self._legs.get(channel_id)
         if leg is not None:
             leg.subscribed = True
+
+    def note_moved(self, channel_id: str, app: str) -> None:
+        """The leg left our app for Stasis app `app` (a `move`): it is followed on (see the
+        module docstring) but never again taken to be in our Stasis."""
+        leg = self._legs.get(channel_id)
+        if leg is not None:
+            leg.moved_to = app
+            leg.in_stasis = False
+
+    def moved_to(self, channel_id: str) -> str | None:
+        """The Stasis app the leg was moved to, None when it was not."""
+        leg = self._legs.get(channel_id)
+        return None if leg is None else leg.moved_to
 
     def unsure_legs(self, confirmed_by: int) -> list[str]:
         """Legs a snapshot taken at sequence `confirmed_by` cannot judge (see `reconcile`)."""
@@ -320,7 +341,7 @@ class AriTracker:
         """Record whether the leg is in Stasis now (from an event or a snapshot); True when it
         just entered, i.e. a StasisStart that was not seen before."""
         leg = self._legs.get(channel_id)
-        if leg is None:
+        if leg is None or leg.moved_to is not None:  # in another app's Stasis, not ours
             return False
         entered = in_stasis and not leg.in_stasis
         leg.in_stasis = in_stasis

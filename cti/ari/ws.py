@@ -1,4 +1,6 @@
-"""Sans-IO decoder of the ARI event WebSocket: one text frame in, one event (or nothing) out.
+"""The ARI event WebSocket: `open_event_socket` opens it (the dialer's `AriTelephony` and the
+IVR's `IvrApp` both use it), and the sans-IO `AriEventDecoder` turns one text frame into one
+event (or nothing).
 
 Every ARI event is one JSON object per text frame with a `type` (see the swagger
 `events.json`). The decoder never raises on what the network sends: a frame that is not JSON,
@@ -9,13 +11,28 @@ skipped with one log line (never its content: it may carry DTMF digits) and coun
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+from yarl import URL
+
+from cti.ari.errors import AriAuthenticationFailed
+from cti.interface import BackendUnavailable
+from cti.redact import describe_exception
+
 log = logging.getLogger(__name__)
+
+#: Largest WebSocket message accepted at all; bigger ones drop the link (and reconnect). Frames
+#: above the decoder's own `MAX_FRAME_BYTES` are received but skipped.
+MAX_WS_MESSAGE_BYTES = 8 << 20
+
+#: Seconds between WebSocket pings; a link that stops answering them is closed.
+HEARTBEAT_S = 30.0
 
 #: Largest frame decoded. Asterisk's own events are a few KB (a Channel object is ~400 bytes);
 #: 1 MiB leaves room for a bridge with many channels and refuses a runaway or hostile frame.
@@ -64,6 +81,43 @@ REQUIRED_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 _OBJECT_FIELDS = frozenset({"channel", "bridge", "playback", "peer"})
+
+
+async def open_event_socket(
+    session: aiohttp.ClientSession, base_url: URL, app: str, *, api_key: str | None = None
+) -> aiohttp.ClientWebSocketResponse:
+    """Open the event WebSocket `base_url/events?app=<app>` on `session`.
+
+    `base_url` is the URL ending in `/ari` (`AriRestClient.base_url`); `session` carries the
+    Basic auth, or `api_key` (`user:password`) goes in the query. Raises
+    `AriAuthenticationFailed` when ARI answers 401, and `BackendUnavailable` for any other
+    refusal or a transport failure; no error text quotes the query (it may hold `api_key`).
+    """
+    url = base_url / "events"
+    query = {"app": app} if api_key is None else {"app": app, "api_key": api_key}
+    try:
+        return await session.ws_connect(
+            url.with_query(query), heartbeat=HEARTBEAT_S, max_msg_size=MAX_WS_MESSAGE_BYTES
+        )
+    except aiohttp.WSServerHandshakeError as exc:
+        if exc.status == 401:
+            raise AriAuthenticationFailed(
+                f"ARI refused the event WebSocket for app {app!r} (HTTP 401)",
+                detail="check the ARI username/password in ari.conf",
+            ) from None
+        raise BackendUnavailable(
+            f"ARI event WebSocket at {url} refused", detail=f"HTTP {exc.status}"
+        ) from None
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        raise BackendUnavailable(
+            f"ARI at {base_url} is unreachable", detail=describe_exception(exc)
+        ) from None
+
+
+async def close_quietly(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Close `ws`, ignoring a link that is already broken."""
+    with contextlib.suppress(aiohttp.ClientError, OSError, TimeoutError):
+        await ws.close()
 
 
 @dataclass(frozen=True, slots=True)

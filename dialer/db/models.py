@@ -181,6 +181,8 @@ class Campaign(Base):
     sms_template: Mapped[str | None] = mapped_column(Text, nullable=True)
     #: An `sms_sent` contact with no reply this long after the text closes as `sms_sent_closed`.
     sms_expiry_s: Mapped[int] = mapped_column(Integer, default=7 * 86400)
+    #: The IVR flow an answered call of an agentless campaign is handed to (`ivr/`).
+    ivr_flow: Mapped[str | None] = mapped_column(String(100), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
@@ -580,7 +582,8 @@ class DncEntry(Base):
         # Every lease loads the prefix entries and looks up exact ones by value: both are
         # range scans on (is_prefix, value) instead of reads of the whole list.
         Index("ix_dnc_entries_is_prefix_value", "is_prefix", "value"),
-        CheckConstraint("source IN ('manual', 'import', 'sms-stop', 'agent')", name="source"),
+        CheckConstraint("source IN ('manual', 'import', 'sms-stop', 'agent', 'ivr')",
+                        name="source"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     value: Mapped[str] = mapped_column(String(16))
@@ -597,7 +600,61 @@ class DncEntry(Base):
     created_at: Mapped[datetime] = mapped_column(UtcDateTime)
 
 
+def _digits_only(column: str) -> str:
+    """SQL that is '' exactly when `column` holds only ASCII digits, on both databases.
+
+    Nested `replace` rather than a regex or GLOB: SQLite has no `~`, PostgreSQL no GLOB, and a
+    `BETWEEN '0' AND '9'` test would depend on the column's collation.
+    """
+    expr = column
+    for d in "0123456789":
+        expr = f"replace({expr}, '{d}', '')"
+    return expr
+
+
+#: `ivr_payments.last4`: four ASCII digits, never more (the defensive half of PCI scope).
+LAST4_CHECK = f"length(last4) = 4 AND {_digits_only('last4')} = ''"
+
+
+class IvrPayment(Base):
+    """One answered payment request of an IVR `pay` node: what PCI DSS lets us keep.
+
+    The gateway's token, the card brand, the last four digits and the result; never the card
+    number, the CVV or the expiry with the PAN. `ivr.services.DbPaymentStore` refuses a row
+    that looks like it holds a card number, and the `last4` CHECK backs it in the database.
+    `amount` is decimal text as the flow computed it ("42.50"): no float rounding on money.
+    """
+
+    __tablename__ = "ivr_payments"
+    __table_args__ = (
+        Index("ix_ivr_payments_session_id", "session_id"),
+        Index("ix_ivr_payments_created_at", "created_at"),
+        CheckConstraint(LAST4_CHECK, name="last4"),
+        CheckConstraint("action IN ('charge', 'tokenize')", name="action"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(64))
+    flow: Mapped[str] = mapped_column(String(100))
+    node: Mapped[str] = mapped_column(String(100))
+    #: The caller's number as the call presented it (not a secret, not necessarily E.164).
+    ani: Mapped[str] = mapped_column(String(40))
+    #: The contact the caller was identified as, if any; the record outlives the contact.
+    contact_id: Mapped[int | None] = mapped_column(
+        ForeignKey("contacts.id", ondelete="SET NULL"), nullable=True
+    )
+    action: Mapped[str] = mapped_column(String(8))
+    amount: Mapped[str] = mapped_column(String(24))
+    currency: Mapped[str] = mapped_column(String(3))
+    brand: Mapped[str] = mapped_column(String(16))
+    last4: Mapped[str] = mapped_column(String(4))
+    approved: Mapped[bool] = mapped_column(Boolean)
+    token: Mapped[str] = mapped_column(String(200))
+    error: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime)
+
+
 __all__ = [
+    "LAST4_CHECK",
     "LEASABLE_SQL",
     "Agent",
     "AgentGroup",
@@ -620,6 +677,7 @@ __all__ = [
     "DncEntry",
     "DncList",
     "FieldAgent",
+    "IvrPayment",
     "Node",
     "Product",
     "SmsMessage",

@@ -23,6 +23,8 @@ Actions (names case-insensitive; before login all but Login/Logoff are `Permissi
 reconnects sees them in CoreShowChannels. `calls` lists every Originate (`CallRecord`),
 `channels` the live channels by name, `originates_by_channel_id` / `originates_by_action_id`
 count every Originate seen, so tests can assert a replay made no second call.
+`stasis_entries` holds the calls that reached Stasis() of the IVR app (`send_to_ivr`: Redirect
+into [paceline-ivr-outbound]), where they wait until hung up (see `sim.pbx.core.StasisEntry`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,15 @@ from dataclasses import dataclass
 
 from cti.ami import codes
 from cti.ami.framing import AmiMessage, AmiParser, FramingError, serialize
-from sim.pbx.core import CAUSE_TXT, CallRecord, Channel, Pairs, Pbx, find_priority
+from sim.pbx.core import (
+    CAUSE_TXT,
+    CallRecord,
+    Channel,
+    Pairs,
+    Pbx,
+    StasisEntry,
+    find_priority,
+)
 from sim.population import CalleeKind, Population, deterministic_test_population
 
 __all__ = ["BANNER", "CAUSE_TXT", "DEFAULT_USERS", "AmiServer", "AmiUser", "snapshot"]
@@ -212,6 +222,11 @@ class AmiServer:
     def calls(self) -> list[CallRecord]:
         """Every Originate, in order (duplicates and failures included)."""
         return self.pbx.calls
+
+    @property
+    def stasis_entries(self) -> dict[str, StasisEntry]:
+        """Channels that entered Stasis() of a modelled app (the IVR's), by Uniqueid."""
+        return self.pbx.stasis_entries
 
     @property
     def channels(self) -> dict[str, Channel]:

@@ -51,6 +51,27 @@ after a cancel, as Asterisk publishes it). A bridged channel's recording fails w
 RecordingFailed, cause `Cannot record channel while in bridge`. Stopped recordings are kept
 in `stored_recordings`.
 
+Inbound calls and the IVR (`ari_events_inbound_stasis.jsonl`, captures 12a and 12b):
+`place_inbound()` makes a PJSIP trunk channel in state Ring whose dialplan runs Stasis at once:
+StasisStart (with the args) is the first event the app hears (no STASISSTATUS ChannelVarset:
+the app is not subscribed yet), and after its StasisEnd the app hears nothing more of it.
+`press()` is the caller keying digits: one ChannelDtmfReceived (`digit`, `duration_ms` 100)
+per digit; a playing playback is not stopped by a digit (the app DELETEs it, as in 12b).
+`caller_hangup()` is the caller's BYE (ChannelHangupRequest cause 16, StasisEnd). `continue`
+into `paceline-queue` (exten = queue) or `paceline-external` (exten = number) leaves Stasis and
+stays in that context (Queue() / Dial(), not emulated further) until the caller hangs up;
+`ivr_exits` records the context, extension and the `PACELINE_*` variables set before.
+Simplification: these two contexts are Paceline's own, not yet in the reference dialplan.
+
+Moving a channel to another app (`POST /channels/{id}/move`, res_stasis's stasis_app_exec
+loop; no capture has one): 204 once queued (404 for no channel, 409 when it is not in Stasis);
+then StasisEnd (to the app it leaves only) and StasisStart with the `appArgs` (to the new app
+only). The app that originated the channel stays subscribed and still gets its ChannelVarset,
+ChannelHangupRequest and ChannelDestroyed, as with `continue`. A target app with no event
+socket (not registered or not active): the 204 still comes, then ApplicationMoveFailed
+(`destination`, `args`) to the current app, and the channel stays in it. The channel keeps its
+bridge and its `dialplan` (Stasis with the first app's data). `moves` records each move.
+
 Test hooks: `channels_created` and `originate_requests` count per requested channelId,
 `dtmf_sent` keeps the digits the app sent to each channel, `amd_verdicts` the AMD results,
 `moh_active()`, `bridge_members()`, `dialplan_location()`, `calls` (a `sim.pbx.core.CallRecord` per
@@ -111,6 +132,17 @@ DTMF_FIRST_S = 1.0  # callee's first digit, seconds after the answer (12a: SendD
 DTMF_GAP_S = 0.35  # between digits, as in 12a
 AMD_S = 0.5  # AMD() analysis time
 AGENT_RING_S = 2.0
+CALLER_DTMF_GAP_S = 0.15  # a caller keying digits by hand (`press`), between digits
+
+#: Paceline's IVR hand-over contexts (`continue` from the IVR app): the steps each runs, with
+#: `${EXTEN}` the queue name or the number. The channel stays there until it hangs up.
+IVR_EXIT_STEPS: dict[str, tuple[tuple[str, str], ...]] = {
+    "paceline-queue": (("NoOp", "paceline ivr to queue ${EXTEN}"), ("Queue", "${EXTEN}")),
+    "paceline-external": (
+        ("NoOp", "paceline ivr to ${EXTEN}"),
+        ("Dial", "PJSIP/${EXTEN}@trunk,60"),
+    ),
+}
 
 
 def _ts() -> str:
@@ -162,6 +194,7 @@ class _Chan:
     #: originate body variables that are plain variables (not functions), in body order
     originate_vars: list[tuple[str, str]] = field(default_factory=list)
     record: CallRecord | None = None  # an originated customer call (`AriServer.calls`)
+    language: str = "en"  # CHANNEL(language): the endpoint's or trunk's `language` setting
 
     def json(self) -> dict[str, Any]:
         return {
@@ -180,7 +213,7 @@ class _Chan:
                 "app_data": self.app_data,
             },
             "creationtime": self.creationtime,
-            "language": "en",
+            "language": self.language,
         }
 
 
@@ -206,6 +239,16 @@ class _Bridge:
             "creationtime": self.creationtime,
             "video_mode": "talker",
         }
+
+
+@dataclass(frozen=True, slots=True)
+class IvrExit:
+    """Where a channel went when the IVR app sent it on (`continue` into an `IVR_EXIT_STEPS`
+    context), with its `PACELINE_*` channel variables at that moment."""
+
+    context: str
+    exten: str
+    variables: Mapping[str, str]
 
 
 @dataclass(slots=True)
@@ -358,6 +401,10 @@ class AriServer:
         #: one record per originated customer call (a population callee), in order: what the
         #: callee did, when it answered and ended, its bridge peers and the sounds it heard
         self.calls: list[CallRecord] = []
+        #: channels the IVR app sent on into `paceline-queue` / `paceline-external`, by id
+        self.ivr_exits: dict[str, IvrExit] = {}
+        #: channels moved to another Stasis app: (channel id, the new app, its args), in order
+        self.moves: list[tuple[str, str, list[str]]] = []
 
     # ----- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -470,6 +517,65 @@ class AriServer:
     def dialplan_location(self, channel_id: str) -> tuple[str, str] | None:
         chan = self._channels.get(channel_id)
         return None if chan is None else (chan.context, chan.exten)
+
+    def place_inbound(
+        self,
+        caller: str,
+        exten: str,
+        *,
+        app: str,
+        args: tuple[str, ...] | list[str] = (),
+        context: str = "from-trunk",
+        name_prefix: str = "PJSIP/trunk",
+        language: str = "en",
+    ) -> str:
+        """An inbound call from `caller` to `exten` whose dialplan runs Stasis(app, args...)
+        at once; the channel's id.
+
+        As in `ari_events_inbound_stasis.jsonl`: the channel is in state Ring, StasisStart
+        (with `args`) is the first event the app hears, its `dialplan` names `context`,
+        `exten` and Stasis with `app,args`, its `language` is `language` (as a trunk's
+        `language=` setting would make it), and its caller number is `caller` (a caller id
+        `Name <number>` sets the name too). The app answers it (POST .../answer) and can play,
+        record and `continue`; the caller presses keys with `press` and hangs up with
+        `caller_hangup`. The app is not subscribed to the channel: once it leaves Stasis the
+        app hears nothing more of it. An app with no event socket: hung up (cause 16)."""
+        seq = self._next_seq()
+        chan = _Chan(
+            id=f"{self._epoch}.{seq}",
+            name=f"{name_prefix}-{seq:08x}",
+            tech=name_prefix.split("/", 1)[0],
+            context=context,
+            exten=exten,
+            creationtime=_ts(),
+            state="Ring",
+            caller=_parse_caller_id(caller),
+            language=language,
+        )
+        self._channels[chan.id] = chan
+        self.channels_created[chan.id] += 1
+        self._enter_stasis(chan, app, list(args), varset=False)
+        return chan.id
+
+    def press(self, channel_id: str, digits: str, gap_s: float = CALLER_DTMF_GAP_S) -> None:
+        """The caller keys `digits`: one ChannelDtmfReceived per digit (`digit`,
+        `duration_ms` 100, as in capture 12a), the first now and then one every `gap_s`
+        (emulated seconds). A playback goes on playing: Asterisk never stops one for a digit,
+        the app DELETEs it (capture 12b). KeyError for a channel that is not live."""
+        chan = self._channels[channel_id]
+        for i, digit in enumerate(digits):
+            self._later(
+                chan,
+                i * gap_s,
+                lambda d=digit: self._chan_event(  # type: ignore[misc]
+                    "ChannelDtmfReceived", chan, mid={"digit": d, "duration_ms": 100}
+                ),
+            )
+
+    def caller_hangup(self, channel_id: str) -> None:
+        """The caller hangs up (cause 16): ChannelHangupRequest, StasisEnd if in Stasis, and
+        ChannelDestroyed to the apps still subscribed. KeyError when not live."""
+        self._far_end_hangup(self._channels[channel_id])
 
     # ----- event plumbing ----------------------------------------------------------------
     def _emit(
@@ -679,6 +785,7 @@ class AriServer:
             ("POST", "answer"): self._answer,
             ("POST", "continue"): self._continue,
             ("POST", "redirect"): self._redirect,
+            ("POST", "move"): self._move,
             ("POST", "play"): self._play,
             ("POST", "moh"): self._moh_start,
             ("DELETE", "moh"): self._moh_stop,
@@ -943,8 +1050,14 @@ class AriServer:
                     ),
                 )
 
-    def _enter_stasis(self, chan: _Chan, app: str, args: list[str]) -> bool:
-        """Stasis(app, args...): False (and the channel hung up) when the app has no socket."""
+    def _enter_stasis(
+        self, chan: _Chan, app: str, args: list[str], *, varset: bool = True
+    ) -> bool:
+        """Stasis(app, args...): False (and the channel hung up) when the app has no socket.
+
+        `varset=False`: the app hears nothing before StasisStart (Stasis() sets STASISSTATUS
+        before it subscribes the app, so only an app already subscribed sees that
+        ChannelVarset: the inbound capture starts at StasisStart)."""
         if app not in self._sockets:
             self._destroy(chan, causes.NORMAL_CLEARING)
             return False
@@ -953,16 +1066,27 @@ class AriServer:
         chan.last_app = app
         chan.app_name = "Stasis"
         chan.app_data = ",".join([app, *args])
-        self._chan_event("ChannelVarset", chan, pre={"variable": "STASISSTATUS", "value": ""})
-        self._chan_event("StasisStart", chan, mid={"args": args})
+        if varset:
+            self._chan_event(
+                "ChannelVarset", chan, pre={"variable": "STASISSTATUS", "value": ""}
+            )
+        self._stasis_event("StasisStart", chan, app, mid={"args": args})
         return True
+
+    def _stasis_event(
+        self, kind: str, chan: _Chan, app: str, *, mid: Mapping[str, Any] | None = None
+    ) -> None:
+        """StasisStart / StasisEnd go to the app the channel enters or leaves only (res_stasis
+        sends them with app_send, not on the channel's topic): another app subscribed to the
+        channel, e.g. the one that originated it before a `move`, does not hear them."""
+        self._emit(kind, {app}, mid=mid, objs={"channel": chan.json()}, channel_id=chan.id)
 
     def _leave_stasis(self, chan: _Chan) -> None:
         if chan.stasis_app is None:
             return
         self._remove_from_bridge(chan)
         app, chan.stasis_app = chan.stasis_app, None
-        self._chan_event("StasisEnd", chan)
+        self._stasis_event("StasisEnd", chan, app)
         if app not in chan.subscribed:
             chan.apps.discard(app)  # entered from the dialplan: nothing more for this app
         self._chan_event(
@@ -1035,7 +1159,23 @@ class AriServer:
                     "ChannelDialplan", chan, mid={"dialplan_app": app, "dialplan_app_data": data}
                 )
             return
+        if context in IVR_EXIT_STEPS:
+            self._ivr_exit(chan, context, exten)
+            return
         self._destroy(chan, 0, request_cause=0)
+
+    def _ivr_exit(self, chan: _Chan, context: str, exten: str) -> None:
+        """A channel the IVR handed to the dialplan: it runs the context's steps (ChannelDialplan
+        only to apps still subscribed) and waits there (in the queue, or dialling) until it
+        hangs up; `ivr_exits` records where it went and what data it carried."""
+        for prio, (app, data) in enumerate(IVR_EXIT_STEPS[context], start=1):
+            data = self._substitute(chan, data, exten)
+            chan.priority, chan.app_name, chan.app_data = prio, app, data
+            self._chan_event(
+                "ChannelDialplan", chan, mid={"dialplan_app": app, "dialplan_app_data": data}
+            )
+        attached = {k: v for k, v in chan.variables.items() if k.startswith("PACELINE_")}
+        self.ivr_exits[chan.id] = IvrExit(context, exten, attached)
 
     @staticmethod
     def _substitute(chan: _Chan, text: str, exten: str) -> str:
@@ -1132,6 +1272,41 @@ class AriServer:
                 422,
                 f"Endpoint technology '{tech}' does not match channel technology '{chan.tech}'",
             )
+        return self._no_content()
+
+    def _move(self, channel_id: str, q: dict[str, Any]) -> web.Response:
+        """`POST /channels/{id}/move?app=&appArgs=` (res_stasis's stasis_app_exec loop): 204
+        once queued; then, if `app` has an event socket, StasisEnd to the current app and
+        StasisStart (args = `appArgs` split on commas) to `app`. The channel keeps its
+        bridge and its dialplan location (still the Stasis() it entered by), and every app
+        subscribed to it (the originating one) keeps hearing its events, ChannelDestroyed too.
+        An `app` with no socket: ApplicationMoveFailed (`destination`, `args`) to the current
+        app, and the channel stays where it was."""
+        chan = self._stasis_chan(channel_id)
+        target = str(q.get("app") or "")
+        if not target:
+            raise AriError(400, "Required parameter 'app' not provided.")
+        raw_args = str(q.get("appArgs") or "")
+        args = [a for a in raw_args.split(",") if a] if raw_args else []
+        current = chan.stasis_app
+        assert current is not None
+        if target not in self._sockets:
+            self._emit(
+                "ApplicationMoveFailed",
+                {current},
+                objs={"channel": chan.json()},
+                post={"destination": target, "args": args},
+                channel_id=chan.id,
+            )
+            return self._no_content()
+        self._stasis_event("StasisEnd", chan, current)
+        if current not in chan.subscribed:
+            chan.apps.discard(current)  # it entered from the dialplan: nothing more for it
+        chan.apps.add(target)
+        chan.stasis_app = target
+        chan.last_app = target
+        self.moves.append((chan.id, target, list(args)))
+        self._stasis_event("StasisStart", chan, target, mid={"args": args})
         return self._no_content()
 
     def _moh_start(self, channel_id: str, q: dict[str, Any]) -> web.Response:

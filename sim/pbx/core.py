@@ -24,7 +24,11 @@ Where the captures show a thread race (e.g. OriginateResponse before or after th
 dialplan steps), one order is picked: the root's steps up to its first wait come first. After a
 Hangup action on a Local `;1`, the `;2` half is gone at once but its SoftHangupRequest/Hangup
 events trail by `DEFER_S` (real seconds). Not modelled: NewCallerid on Dial() legs,
-DeviceStateChange, QueueMemberStatus, RTCP, chan_sip, Stasis (no ARI app: STASISSTATUS=FAILED).
+DeviceStateChange, QueueMemberStatus, RTCP, chan_sip. Stasis(): no ARI app shares calls with
+the AMI side. An app in `Pbx.stasis_apps` (default `paceline-ivr`: [paceline-ivr-outbound])
+is modelled as connected: the channel waits in Stasis() until it is hung up, and
+`Pbx.stasis_entries` records it. Any other app fails at once (STASISSTATUS=FAILED, as
+Stasis() does for an app that is not registered) and the dialplan goes on.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import logging
 import random
 import re
 import uuid
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -174,6 +178,19 @@ class CallRecord:
         self.bridged_to += [p for p in peers if p not in self.bridged_to]
 
 
+@dataclass(frozen=True)
+class StasisEntry:
+    """A channel that ran Stasis() of an app in `Pbx.stasis_apps` (an agentless call sent to
+    the IVR): the app, its arguments (the flow), where in the dialplan, and its `PACELINE_*`
+    channel variables then. The channel stays there until it hangs up."""
+
+    app: str
+    args: tuple[str, ...]
+    context: str
+    exten: str
+    variables: dict[str, str]
+
+
 class LegListener(Protocol):
     """Who waits for an outbound leg (Originate or Dial) and what it does on each step."""
 
@@ -235,6 +252,12 @@ DIALPLAN: dict[str, list[tuple[str, list[Step]]]] = {
         (None, "Dial", "Local/${EXTEN}@agents,30,tT"),
         (None, "Hangup", ""),
     ])],
+    # send_to_ivr (agentless campaigns): Setvar PACELINE_<NAME> and PACELINE_IVR_APP, then
+    # Redirect here with the flow's name as the extension. The IVR app runs the flow.
+    "paceline-ivr-outbound": [("_[a-z].", [
+        (None, "Stasis", "${PACELINE_IVR_APP},${EXTEN}"),
+        (None, "Hangup", ""),
+    ])],
     "dialer-connect": [("_X.", [
         (None, "NoOp", "connecting ${CHANNEL} to agent ${EXTEN}"),
         (None, "Dial", "Local/${EXTEN}@agents,30"),
@@ -291,14 +314,26 @@ _VAR = re.compile(r"\$\{([A-Za-z0-9_]+)\}")
 
 
 def exten_matches(pattern: str, exten: str) -> bool:
-    """Asterisk extension matching: literal, or `_` patterns with X Z N [..] . !"""
+    """Asterisk extension matching: literal, or `_` patterns with X Z N [..] . !
+
+    A set `[a-z]`, `[1-5]`, `[135]` is one character among those listed (ranges with `-`)."""
     if not pattern.startswith("_"):
         return pattern == exten
     rx = ""
-    for c in pattern[1:]:
+    body = pattern[1:]
+    i = 0
+    while i < len(body):
+        c = body[i]
+        end = body.find("]", i + 1) if c == "[" else -1
+        if end > i + 1:
+            members = body[i + 1 : end]
+            rx += "[" + "".join("-" if m == "-" else re.escape(m) for m in members) + "]"
+            i = end + 1
+            continue
         rx += {"X": "[0-9]", "Z": "[1-9]", "N": "[2-9]", ".": ".+", "!": ".*"}.get(
             c, re.escape(c)
         )
+        i += 1
     return re.fullmatch(rx, exten) is not None
 
 
@@ -360,6 +395,7 @@ class Pbx:
         epoch: int,
         atxfer_feature: bool = True,
         dtmf_delay_s: float = 1.0,
+        stasis_apps: Collection[str] = ("paceline-ivr",),
     ) -> None:
         self._emit = emit
         self._population = population
@@ -373,6 +409,10 @@ class Pbx:
         self.bridges: dict[str, Bridge] = {}
         self.globals: dict[str, str] = {}
         self.calls: list[CallRecord] = []
+        #: Stasis apps modelled as connected (see `StasisEntry`); any other fails at once.
+        self.stasis_apps = frozenset(stasis_apps)
+        #: channels that entered one of `stasis_apps`, by Uniqueid (the call id of a root)
+        self.stasis_entries: dict[str, StasisEntry] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         #: Exceptions raised inside call tasks (a bug in the emulator); tests assert it is empty.
         self.errors: list[BaseException] = []
@@ -1002,6 +1042,14 @@ class Pbx:
                 ch.record.amd = status
             self.varset(ch, "AMDCAUSE", amd_cause)
         elif app == "Stasis":
+            if args[0] in self.stasis_apps:
+                attached = {k: v for k, v in ch.vars.items() if k.startswith("PACELINE_")}
+                self.stasis_entries[ch.uniqueid] = StasisEntry(
+                    args[0], tuple(args[1:]), ch.context, ch.exten, attached
+                )
+                # The app has the channel until it hangs up (the callee's talk time, a Hangup
+                # action): the AMI side shares no call with an ARI app that would run it.
+                await asyncio.get_running_loop().create_future()
             self.varset(ch, "STASISSTATUS", "FAILED")  # no ARI application is connected
         elif app == "Dial":
             await self._dial(ch, args)
