@@ -76,6 +76,7 @@ sys.path.insert(0, str(ROOT))
 import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
 
+from bench.engine_load import cpu_seconds  # noqa: E402
 from cti.ari.rest import AriRestClient  # noqa: E402
 from ivr.ari import IvrApp  # noqa: E402
 from ivr.interpreter import Session  # noqa: E402
@@ -485,17 +486,6 @@ class GcPauses:
 
     def __exit__(self, *exc: object) -> None:
         gc.callbacks.remove(self)
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """CPU time (user + system) of this process (None) or of another one (from /proc)."""
-    if pid is None:
-        return time.process_time()
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return math.nan
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass

@@ -88,6 +88,7 @@ from dialer.domain import (
     Outcome,
 )
 from dialer.phones import PhoneError, PhoneNormalizer
+from ivr.expr import lookup_path
 
 if TYPE_CHECKING:
     from dialer.leasing import LeasedContact
@@ -344,19 +345,6 @@ def _fill_json(value: Any, values: Mapping[str, str]) -> Any:
     if isinstance(value, list | tuple):
         return [_fill_json(v, values) for v in value]
     return value
-
-
-def lookup_path(data: Any, path: str) -> Any:
-    """The value at a dotted `path` in decoded JSON (`messages.0.id`); None when absent."""
-    cur = data
-    for part in path.split("."):
-        if isinstance(cur, Mapping):
-            cur = cur.get(part)
-        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
-            cur = cur[int(part)]
-        else:
-            return None
-    return cur
 
 
 def _id_text(value: Any) -> str | None:

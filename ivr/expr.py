@@ -238,3 +238,17 @@ def render(template: str, scope: Scope) -> str:
         return "" if value is None else str(value)
 
     return _PLACEHOLDER_RE.sub(sub, template)
+
+
+def lookup_path(data: Any, path: str) -> Any:
+    """The value at a dotted `path` in decoded JSON (`messages.0.id`, list items by index);
+    None when absent. For a flow's `lookup.into` and an SMS provider's answer fields."""
+    cur = data
+    for part in path.split("."):
+        if isinstance(cur, Mapping):
+            cur = cur.get(part)
+        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            return None
+    return cur

@@ -57,7 +57,7 @@ from typing import Any, Literal
 
 from cti.redact import mask_pan, redact
 from ivr import model
-from ivr.expr import ExprError, render
+from ivr.expr import ExprError, lookup_path, render
 from ivr.protocol import (
     AddDnc,
     CallerHangup,
@@ -184,19 +184,6 @@ _ISO_DATE_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 @functools.lru_cache(maxsize=256)
 def _pattern(source: str) -> re.Pattern[str]:
     return re.compile(source)
-
-
-def _dig(data: Any, path: str) -> Any:
-    """The value at dotted `path` in a JSON value (list items by index), or None."""
-    value = data
-    for part in path.split("."):
-        if isinstance(value, Mapping):
-            value = value.get(part)
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
-        else:
-            return None
-    return value
 
 
 def _amount_text(value: Any) -> str | None:
@@ -751,7 +738,7 @@ class Session:
             self._trace("lookup", f"failed ({redact(done.error)}) -> {node.fallback}")
             return node.fallback
         for var, path in node.into.items():
-            self._vars[var] = _dig(done.data, path)
+            self._vars[var] = lookup_path(done.data, path)
         self._trace("lookup", f"{node.method} {redact(url)} ok -> {node.next}")
         return node.next
 
