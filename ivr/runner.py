@@ -17,11 +17,12 @@ Contract:
 - A channel command that fails ends the session: logged (redacted), `Finished("error")`, and
   one hang-up attempt. `ChannelGone` (the call no longer exists) instead ends it as the
   caller's hang-up, and so does any failure after the driver fed `CallerHangup`.
-- PCI: from `SecureMode(True)` until `SecureMode(False)` has been carried out, digits appear
-  as "*" in `on_event` and in logs; the recordings are paused through `CallChannel.set_secure`
-  before any card prompt plays (the command comes first and is awaited). An answered
-  `PaymentRequest` is recorded through `Services.payments` with the token, brand, last four
-  digits and the result only.
+- PCI: a digit is shown (`on_event`, logs) when the session takes it, in order, so a digit
+  typed ahead of a card prompt is taken after `SecureMode(True)`; from then until
+  `SecureMode(False)` has been carried out, digits appear as "*"; the recordings are paused
+  through `CallChannel.set_secure` before any card prompt plays (the command comes first
+  and is awaited). An answered `PaymentRequest` is recorded through `Services.payments` with
+  the token, brand, last four digits and the result only.
 - `dtmf_latencies`: for each `Dtmf` fed, the seconds from `feed()` to the first command (other
   than a `Trace`) carried out because of it; digits that cause none are not counted.
 
@@ -256,12 +257,17 @@ class SessionRunner:
         fed_at: float | None = None
         if isinstance(event, Dtmf):
             fed_at = time.perf_counter()
-            shown = "*" if self._secure else event.digit
-            log.debug("ivr %s: dtmf %s", self.session_id, shown)
-            self._emit("dtmf", {"digit": shown})
         elif isinstance(event, CallerHangup):
             self._caller_gone = True
         self._queue.put_nowait((event, fed_at))
+
+    def _show_dtmf(self, event: Dtmf) -> None:
+        # Shown when the session takes the digit, not when it arrives: a digit typed ahead,
+        # queued behind the key that starts a `pay` step, is handled after SecureMode(True)
+        # and so is masked like the rest of the card number.
+        shown = "*" if self._secure else event.digit
+        log.debug("ivr %s: dtmf %s", self.session_id, shown)
+        self._emit("dtmf", {"digit": shown})
 
     def _emit(self, kind: str, detail: Mapping[str, Any]) -> None:
         if self._on_event is not None:
@@ -281,6 +287,8 @@ class SessionRunner:
                     await self._step(self.session.start, None)
                     while self._finished is None:
                         event, fed_at = await self._queue.get()
+                        if isinstance(event, Dtmf):
+                            self._show_dtmf(event)
                         await self._step(functools.partial(self.session.handle, event), fed_at)
                 finally:
                     self._tg = None

@@ -378,3 +378,31 @@ def test_scrub_card_data_masks_the_cards_own_cvv_and_postcode_as_whole_tokens_on
     assert scrub_card_data(text, card) == (
         "declined: cvv=*** for *** at ***; took 0.0737 s, ref 17370, amount ***.00"
     )
+
+
+async def test_digits_typed_ahead_of_a_card_prompt_are_masked_like_the_card_number(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The caller presses 1 ("pay") and goes on typing the card number at once: the digits
+    queued behind the 1 are taken after the pay step's SecureMode(True), and shown as "*"."""
+    caplog.set_level(logging.DEBUG)
+
+    def react(e: Event) -> list[Command]:
+        if e == Dtmf("1") and not any(isinstance(x, Dtmf) for x in session.seen[:-1]):
+            return [SecureMode(True), Play("card", ("sound:x",), "en", True)]
+        if e == Dtmf("#"):
+            return [SecureMode(False), Finished("hangup", "end")]
+        return []
+
+    session = ScriptedSession([Play("menu", ("sound:x",), "en", True)], react)
+    runner, channel, events = make(session)
+
+    def type_ahead(r: SessionRunner) -> None:
+        for d in "1" + "4111111111111111" + "#":
+            r.feed(Dtmf(d))
+
+    channel.on_play["menu"] = type_ahead
+    await run(runner)
+    dtmf = [d["digit"] for k, d in events if k == "dtmf"]
+    assert dtmf == ["1"] + ["*"] * 17
+    assert "4111" not in caplog.text and "dtmf 4" not in caplog.text
