@@ -36,7 +36,7 @@ import copy
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -261,6 +261,7 @@ class Engine:
         max_calls_per_tick: int = 500,
         connect_limit_s: float = CONNECT_LIMIT_S,
         sms_expiry_every_s: float = 60.0,
+        ivr_flows: Collection[str] | None = None,
     ) -> None:
         if not pbxs:
             raise ValueError("the engine needs at least one PBX")
@@ -281,6 +282,9 @@ class Engine:
         self.max_calls_per_tick = max_calls_per_tick
         self.connect_limit_s = connect_limit_s
         self.sms_expiry_every_s = sms_expiry_every_s
+        #: The IVR flows the service runs (`paceline run`'s `[ivr]`): an agentless campaign
+        #: naming another is not dialed. None: not checked (the flows run elsewhere).
+        self.ivr_flows = None if ivr_flows is None else frozenset(ivr_flows)
         self.board = AgentBoard()
         self.campaigns: dict[int, CampaignRun] = {}
         self.calls: dict[str, LiveCall] = {}
@@ -581,15 +585,24 @@ class Engine:
             await self.clock.sleep(max(0.0, self.tick_s - (self.clock.monotonic() - t0)))
 
     def _can_take_live_answers(self, run: CampaignRun) -> bool:
-        """An agentless campaign without an IVR flow would abandon every live answer: it is
-        not dialed (said once in the log, and again after it is fixed and broken again)."""
-        if run.mode is not DialMode.AGENTLESS or run.ivr_flow is not None:
+        """An agentless campaign whose IVR flow is missing (not named, or not one the service
+        runs) would abandon every live answer: it is not dialed (said once in the log, and
+        again after it is fixed and broken again)."""
+        if run.mode is not DialMode.AGENTLESS:
+            self._no_flow_warned.discard(run.id)
+            return True
+        if run.ivr_flow is None:
+            why = "names no IVR flow (ivr_flow)"
+        elif self.ivr_flows is not None and run.ivr_flow not in self.ivr_flows:
+            why = (f"hands its calls to IVR flow {run.ivr_flow!r}, which this service does "
+                   f"not run (its [ivr] flows: {', '.join(sorted(self.ivr_flows)) or 'none'})")
+        else:
             self._no_flow_warned.discard(run.id)
             return True
         if run.id not in self._no_flow_warned:
             self._no_flow_warned.add(run.id)
-            log.warning("campaign %s (%s) is agentless but names no IVR flow (ivr_flow): "
-                        "nothing is dialed for it", run.id, run.name)
+            log.warning("campaign %s (%s) is agentless but %s: nothing is dialed for it",
+                        run.id, run.name, why)
         return False
 
     def snapshot(self, run: CampaignRun, now: float) -> PacingSnapshot:

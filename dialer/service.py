@@ -617,6 +617,7 @@ async def run_service(
             db, backends, {p.name: p.trunk for p in cfg.pbxs}, node_id=cfg.node_id,
             clock=clock, tick_s=cfg.tick_s, sms=sms, ownership=ownership,
             outbox_worker=worker, campaigns=campaign_ids,
+            ivr_flows=frozenset(ivr_flows or ()),
         )
         if cfg.http_listen:
             host, _, port = cfg.http_listen.rpartition(":")

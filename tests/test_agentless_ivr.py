@@ -21,6 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from dialer.campaigns import save_strategy, set_campaign_state
@@ -78,7 +79,7 @@ def run_config(tmp_path: Path, port: int) -> dict[str, Any]:
 
 
 async def test_agentless_live_answers_run_the_opt_out_flow_and_nothing_is_abandoned(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
 ) -> None:
     db_url = f"sqlite:///{tmp_path / 'p.db'}"
     db = make_engine(db_url)
@@ -89,6 +90,11 @@ async def test_agentless_live_answers_run_the_opt_out_flow_and_nothing_is_abando
     numbers = [f"+1212555{i:04d}" for i in range(CONTACTS)]
     add_contacts(db, cid, [{"phone1": n} for n in numbers], START)
     set_campaign_state(db, cid, CampaignState.RUNNING, START)
+    # A second agentless campaign names a flow the service does not run: never dialed.
+    stray = make_campaign(db, START, name="stray", dial_mode="agentless",
+                          strategy=STRATEGY.name, ivr_flow="no_such_flow")
+    add_contacts(db, stray, [{"phone1": "+12125559990"}], START)
+    set_campaign_state(db, stray, CampaignState.RUNNING, START)
     async with AriServer(time_scale=SCALE, population=POPULATION, seed=3,
                          sounds=SOUNDS) as server:
         cfg = parse_config(run_config(tmp_path, server.port), str(tmp_path / "run.toml"))
@@ -113,7 +119,9 @@ async def test_agentless_live_answers_run_the_opt_out_flow_and_nothing_is_abando
         finally:
             stop.set()
             await service
+    assert "no_such_flow', which this service does not run" in caplog.text
     with db.connect() as conn:
+        assert conn.execute(select(Attempt.id).where(Attempt.campaign_id == stray)).all() == []
         attempts = conn.execute(select(Attempt.number, Attempt.outcome, Attempt.call_state,
                                        Attempt.connected_at)
                                 .where(Attempt.campaign_id == cid)).all()

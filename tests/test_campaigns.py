@@ -56,6 +56,8 @@ def state_of(engine: Engine, cid: int) -> str:
         ({"abandon_target": 0.0}, "abandon target 0.0"),
         ({"abandon_window_s": 0}, "abandon window 0"),
         ({"strategy": "no-such-plan"}, "no strategy named 'no-such-plan'"),
+        ({"dial_mode": "agentless"}, "an agentless campaign hands its answered calls to an IVR"),
+        ({"dial_mode": "agentless", "ivr_flow": "Opt-Out"}, "IVR flow name 'Opt-Out'"),
     ],
     ids=lambda v: v if isinstance(v, str) else next(iter(v)),
 )
@@ -67,6 +69,16 @@ def test_bad_setting_is_refused_with_a_message_naming_it(
     assert named in str(exc.value)
     with sqlite_engine.connect() as conn:
         assert conn.scalar(select(Campaign.id)) is None, "a refused campaign must not be stored"
+
+
+def test_an_agentless_campaign_keeps_the_ivr_flow_its_live_answers_go_to(
+    sqlite_engine: Engine,
+) -> None:
+    cid = create_campaign(sqlite_engine, "Reminders", NOW, dial_mode="agentless",
+                          ivr_flow="agentless_optout")
+    with sqlite_engine.connect() as conn:
+        info = campaign_info(conn, cid)
+    assert (info.dial_mode, info.ivr_flow) == ("agentless", "agentless_optout")
 
 
 def test_unknown_strategy_message_lists_the_known_ones(sqlite_engine: Engine) -> None:
