@@ -122,6 +122,15 @@ _CONNECT_CONTACT = (
     .values(state=ContactState.CONNECTED.value, leased_by=None, lease_expires_at=None,
             leased_from=None, updated_at=bindparam("now", type_=UtcDateTime()))
 )
+#: The way back: nobody talked after all (the bridge or the IVR hand-off failed, or the person
+#: left first), so the contact returns to its dialer and then to the strategy.
+_UNCONNECT_CONTACT = (
+    update(Contact)
+    .where(Contact.id == bindparam("contact_id"),
+           Contact.state == ContactState.CONNECTED.value)
+    .values(state=ContactState.SENT_TO_DIALER.value,
+            updated_at=bindparam("now", type_=UtcDateTime()))
+)
 
 
 #: Live answers and abandons of a campaign since a time: a new pacer's regulatory window.
@@ -415,12 +424,7 @@ class Engine:
                     if r.agent is not None:
                         # An agent was reserved but the bridge never came: nobody talked. The
                         # contact goes back to the strategy like any unanswered call.
-                        conn.execute(
-                            update(Contact)
-                            .where(Contact.id == r.contact_id,
-                                   Contact.state == ContactState.CONNECTED.value)
-                            .values(state=ContactState.SENT_TO_DIALER.value, updated_at=now)
-                        )
+                        conn.execute(_UNCONNECT_CONTACT, {"contact_id": r.contact_id, "now": now})
                     finish_attempt(
                         conn, r.id, Outcome.DANGLING, now, policy,
                         reason="in flight when the engine stopped; not live on the PBX at "
@@ -896,7 +900,7 @@ class Engine:
         if run is not None:
             run.stats.live += 1
         if run is not None and run.mode is DialMode.AGENTLESS and call.preview_agent is None:
-            self._to_ivr(call, run, mono)
+            self._to_ivr(call, run)
             return
         agent = self._agent_for(call)
         if agent is not None:
@@ -909,7 +913,7 @@ class Engine:
             run.waiting.append(call.call_id)
         self.spawn(self._connect_deadline(call), name=f"deadline-{call.call_id}")
 
-    def _to_ivr(self, call: LiveCall, run: CampaignRun, mono: float) -> None:
+    def _to_ivr(self, call: LiveCall, run: CampaignRun) -> None:
         """Agentless: the live answer is connected at once, to the campaign's IVR flow.
 
         Written first (the attempt `ivr`, connected now; the contact out of the lease pool
@@ -940,13 +944,9 @@ class Engine:
             log.warning("handing %s to IVR flow %s failed: %s", call.call_id, flow, exc)
             if self.calls.get(call.call_id) is call and call.state is CallState.IVR:
                 with write_transaction(self.db) as conn:
-                    conn.execute(
-                        update(Contact)
-                        .where(Contact.id == call.contact_id,
-                               Contact.state == ContactState.CONNECTED.value)
-                        .values(state=ContactState.SENT_TO_DIALER.value,
-                                updated_at=self.clock.now())
-                    )
+                    mark_call(conn, call.attempt_id, connected_at=None)
+                    conn.execute(_UNCONNECT_CONTACT,
+                                 {"contact_id": call.contact_id, "now": self.clock.now()})
                 self._abandon(call, count=True)
 
     def _agent_for(self, call: LiveCall) -> AgentSession | None:
@@ -997,12 +997,7 @@ class Engine:
         call.agent = None
         with write_transaction(self.db) as conn:
             mark_call(conn, call.attempt_id, call_state="waiting", agent=None)
-            conn.execute(
-                update(Contact)
-                .where(Contact.id == call.contact_id,
-                       Contact.state == ContactState.CONNECTED.value)
-                .values(state=ContactState.SENT_TO_DIALER.value, updated_at=now)
-            )
+            conn.execute(_UNCONNECT_CONTACT, {"contact_id": call.contact_id, "now": now})
         waited = mono - (call.live_since if call.live_since is not None else mono)
         other = self._agent_for(call)
         if other is not None and waited < self.connect_limit_s:
@@ -1133,12 +1128,7 @@ class Engine:
             if unbridged:
                 # `_bridge` took the contact out of the pool as `connected`; nobody talked, so
                 # it goes back to the strategy like any other unanswered attempt.
-                conn.execute(
-                    update(Contact)
-                    .where(Contact.id == call.contact_id,
-                           Contact.state == ContactState.CONNECTED.value)
-                    .values(state=ContactState.SENT_TO_DIALER.value, updated_at=now)
-                )
+                conn.execute(_UNCONNECT_CONTACT, {"contact_id": call.contact_id, "now": now})
             if st is CallState.DANGLING:
                 conn.execute(
                     update(Attempt)

@@ -191,6 +191,10 @@ class RecordingAmi(AmiTelephony):
         self._snap("hangup", call_id, str(cause))
         await super().hangup(call_id, cause)
 
+    async def send_to_ivr(self, call_id: str, flow: str, variables: Mapping[str, str]) -> None:
+        self._snap("send_to_ivr", call_id, flow)
+        await super().send_to_ivr(call_id, flow, variables)
+
 
 @dataclass
 class Rig:
@@ -481,6 +485,44 @@ async def test_a_failed_bridge_gives_the_customer_the_message_and_frees_the_agen
         assert [s.arg for s in r.tel.commands("play_and_hangup")] == ["custom/sorry"]
         assert r.agent_state("alice") in (AgentState.READY, AgentState.NOT_READY)
         assert r.engine.campaigns[r.campaign_id].abandoned == 1
+        c = r.contact(r.contact_ids[0])
+        assert c.state == "not_connected" and c.due_at is not None
+
+
+AGENTLESS = {"dial_mode": "agentless", "ivr_flow": "reminder"}
+
+
+async def test_agentless_live_answer_is_written_connected_then_handed_to_its_flow(
+    sqlite_engine: Engine,
+) -> None:
+    """No agents at all: the person is connected to the campaign's IVR flow at once (written
+    before the hand-off), never abandoned, and the attempt ends `human`."""
+    async with rig(sqlite_engine, [HUMAN_A], budget=1, settings=AGENTLESS, agents={},
+                   pop=population(talk_s=30.0)) as r:
+        await r.until(lambda: r.outcome(HUMAN_A) is not None, "the call to end")
+        [handoff] = r.tel.commands("send_to_ivr")
+        assert handoff.arg == "reminder"
+        assert (handoff.attempt.call_state, handoff.attempt.connected_at is not None) == \
+            ("ivr", True), r.dump()
+        assert handoff.contact.state == "connected"
+        assert r.outcome(HUMAN_A) == "human"
+        assert r.engine.campaigns[r.campaign_id].abandoned == 0
+        assert r.tel.commands("play_and_hangup") == []
+        assert r.contact(r.contact_ids[0]).state == "connected"
+
+
+async def test_agentless_hand_off_refused_by_the_pbx_is_an_abandon_with_the_message(
+    sqlite_engine: Engine,
+) -> None:
+    async with rig(sqlite_engine, [HUMAN_A], budget=1, settings=AGENTLESS, agents={},
+                   pop=population(talk_s=30.0),
+                   faults={"send_to_ivr": TelephonyError("IVR app not active")}) as r:
+        await r.until(lambda: r.outcome(HUMAN_A) is not None, "the call to end")
+        assert r.outcome(HUMAN_A) == "abandoned"
+        assert len(r.tel.commands("play_and_hangup")) == 1
+        assert r.engine.campaigns[r.campaign_id].abandoned == 1
+        [attempt] = r.attempts()
+        assert attempt.connected_at is None, "nobody was connected"
         c = r.contact(r.contact_ids[0])
         assert c.state == "not_connected" and c.due_at is not None
 
