@@ -449,11 +449,10 @@ class Tracker:
             self.durations.append(now - self.started_at.pop(channel_id, now))
             self.outcomes[f"{detail['reason']} at {detail['node']}"] += 1
             # `finished` comes from inside SessionRunner.run(), while the app still holds
-            # the call: its runner's latencies are complete here. IvrApp has no public way
-            # to a call's runner, so its private map is read (and only read).
-            call = self.app._calls.get(channel_id) if self.app is not None else None
-            if call is not None and call.runner is not None:
-                self.latencies.extend(call.runner.dtmf_latencies)
+            # the call: its runner's latencies are complete here.
+            runner = self.app.runner(channel_id) if self.app is not None else None
+            if runner is not None:
+                self.latencies.extend(runner.dtmf_latencies)
             self.recorder.finished(channel_id)
             if self.finished >= self.n:
                 self.done.set()

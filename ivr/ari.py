@@ -306,6 +306,15 @@ class IvrApp:
     def active_calls(self) -> int:
         return len(self._calls)
 
+    def runner(self, channel_id: str) -> SessionRunner | None:
+        """The session of a call the app still holds (None once it has let the call go)."""
+        call = self._calls.get(channel_id)
+        return None if call is None else call.runner
+
+    def holds(self, channel_id: str) -> bool:
+        """True while the app still has the call (its session, or its transfer bridge)."""
+        return channel_id in self._calls
+
     # ----- lifecycle ---------------------------------------------------------------------
     async def run(self) -> None:
         """Serve calls until cancelled; raises on a fatal link error (see the docstring)."""

@@ -355,7 +355,7 @@ class Call:
     async def ended(self, timeout: float = 5.0) -> dict[str, Any]:
         """Wait until the session finished and the app let go of the call."""
         await self.rig.until(lambda: self.finished() is not None
-                             and self.channel_id not in self.rig.app._calls, timeout)
+                             and not self.rig.app.holds(self.channel_id), timeout)
         done = self.finished()
         assert done is not None
         return done
