@@ -179,6 +179,9 @@ class LiveCall:
     adopted_agent: str | None = None
     #: When the engine started ending the call (information or machine message).
     ending_since: float | None = None
+    #: Agentless: the PBX confirmed the hand-off to the IVR flow (state IVR alone means it
+    #: was asked for).
+    in_ivr: bool = False
 
 
 @dataclass
@@ -456,6 +459,7 @@ class Engine:
             elif state == "ivr":
                 call.state = CallState.IVR
                 call.answered = call.live_since = mono
+                call.in_ivr = True  # live on the PBX: it may be anywhere in its flow
             self.calls[call.call_id] = call
         # Adopted calls are settled by their campaign's strategy whether or not this node
         # paces that campaign from now on (the first refresh decides that).
@@ -930,7 +934,6 @@ class Engine:
             mark_call(conn, call.attempt_id, call_state="ivr", answered_at=now,
                       connected_at=now)
             conn.execute(_CONNECT_CONTACT, {"contact_id": call.contact_id, "now": now})
-        run.pacer.observe_connect(0.0)
         variables = {"called_number": call.number, "contact_id": str(call.contact_id),
                      "campaign": run.name, "attempt_id": str(call.attempt_id)}
         self.spawn(self._do_ivr(call, run.ivr_flow, variables), name=f"ivr-{call.call_id}")
@@ -938,8 +941,12 @@ class Engine:
     async def _do_ivr(self, call: LiveCall, flow: str, variables: Mapping[str, str]) -> None:
         try:
             await self.pbxs[call.pbx].send_to_ivr(call.call_id, flow, variables)
+            call.in_ivr = True
+            run = self._run(call.campaign_id)
+            if run is not None:
+                run.pacer.observe_connect(0.0)
         except UnknownCall:
-            pass  # the person hung up meanwhile; the HANGUP event settles it
+            pass  # the person hung up before the flow took the call; the HANGUP settles it
         except TelephonyError as exc:
             log.warning("handing %s to IVR flow %s failed: %s", call.call_id, flow, exc)
             if self.calls.get(call.call_id) is call and call.state is CallState.IVR:
@@ -1108,27 +1115,37 @@ class Engine:
             if run is not None and not call.machine:
                 run.stats.abandoned += 1
                 run.pacer.observe_abandon()
-        elif st is CallState.IVR:
+        elif st is CallState.IVR and call.in_ivr:
             # The person heard the flow: reached, like a call an agent took (the contact
             # stays `connected`, closed for the strategy as any live answer is).
             outcome = Outcome.HUMAN
             if run is not None and call.live_since is not None:
                 run.pacer.observe_handle(mono - call.live_since)
+        elif st is CallState.IVR:
+            # Gone before the flow took the call: a live answer nobody (and nothing) spoke
+            # to, counted like a person who hangs up while waiting for an agent.
+            outcome = Outcome.ABANDONED
+            if run is not None:
+                run.stats.abandoned += 1
+                run.pacer.observe_abandon()
         else:  # BRIDGED
             # A machine passed to an agent stays a machine in the record and the statistics.
             outcome = Outcome.MACHINE if call.machine else Outcome.HUMAN
         now = self.clock.now()
         agent = call.agent
-        unbridged = st is CallState.BRIDGING
+        # `_bridge` / `_to_ivr` took the contact out of the pool as `connected`; nobody talked.
+        unbridged = st is CallState.BRIDGING or (st is CallState.IVR and not call.in_ivr)
         with write_transaction(self.db) as conn:
             if st is CallState.AMD and call.answered is not None:
                 # The record says what happened: answered (at that time), then nothing.
                 mark_call(conn, call.attempt_id,
                           answered_at=now - timedelta(seconds=mono - call.answered))
             if unbridged:
-                # `_bridge` took the contact out of the pool as `connected`; nobody talked, so
-                # it goes back to the strategy like any other unanswered attempt.
+                # Nobody talked: the contact goes back to the strategy like any other
+                # unanswered attempt.
                 conn.execute(_UNCONNECT_CONTACT, {"contact_id": call.contact_id, "now": now})
+                if st is CallState.IVR:
+                    mark_call(conn, call.attempt_id, connected_at=None)
             if st is CallState.DANGLING:
                 conn.execute(
                     update(Attempt)

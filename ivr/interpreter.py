@@ -781,7 +781,11 @@ class Session:
             return node.failed
         # A fixed maximum, never the secret's length: the commands must not tell it. The whole
         # entry is compared, so "43210" is not PIN 4321.
-        ask = _Ask(VERIFY_MAX_DIGITS[node.method], "#", node.timeout_s, VERIFY_INTER_DIGIT_S)
+        ask = _Ask(VERIFY_MAX_DIGITS[node.method], "#", node.timeout_s, VERIFY_INTER_DIGIT_S,
+                   typeahead=False)
+        # As for card data: a key pressed before the PIN prompt (during a message) is not the
+        # PIN's first digit, and it was shown unmasked.
+        self._typeahead.clear()
         tries = max(1, node.max_tries)
         extra: model.Prompt | None = None
         # PINs and birth dates are as private as card data: recordings pause, DTMF is masked.

@@ -69,6 +69,7 @@ from ivr.model import (
     Transfer,
     Verify,
 )
+from ivr.ports import SECRET_FIELDS
 
 #: Flow files are written by people: anything bigger is a mistake (or an attack).
 MAX_FILE_BYTES = 1_000_000
@@ -948,7 +949,13 @@ def _read_verify(r: _NodeReader) -> None:
     for route in ("next", "failed", "no_input"):
         r.set(route, r.route(route))
     r.set("max_tries", r.integer("max_tries", 3, 1, 10))
-    r.set("field", r.text("field", None, allow_none=True))
+    secret_field = r.text("field", None, allow_none=True)
+    if secret_field is not None and secret_field not in SECRET_FIELDS:
+        r.error(r.fields["field"], "field",
+                f"{secret_field!r} is not a field kept secret: use one of "
+                f"{', '.join(sorted(SECRET_FIELDS))} (a contact's other fields become "
+                f"variables that traces and transfers show, so a PIN must not be one)")
+    r.set("field", secret_field)
     r.set("timeout_s", r.number("timeout_s", 5.0, 0, 600, above=True))
     r.set("invalid_prompt", r.prompt("invalid_prompt", required=False))
 

@@ -14,6 +14,10 @@ from typing import Any, Literal, Protocol
 
 from ivr.protocol import CardDetails
 
+#: Contact fields only `verify` may see: a directory keeps them out of `ContactRecord.fields`
+#: (so out of variables, traces and transfer data), under these lower-case names.
+SECRET_FIELDS = frozenset({"pin", "dob", "date_of_birth"})
+
 
 @dataclass(frozen=True)
 class ContactRecord:
@@ -24,7 +28,7 @@ class ContactRecord:
     campaign: str
     name: str
     fields: Mapping[str, str] = field(default_factory=dict)
-    secrets: Mapping[str, str] = field(default_factory=dict)
+    secrets: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,8 @@ class ServiceDone:
 
     request_id: str
     ok: bool
-    data: Mapping[str, Any] = field(default_factory=dict)
+    #: Left out of the repr: a contact's answer carries the secrets `verify` compares.
+    data: Mapping[str, Any] = field(default_factory=dict, repr=False)
     error: str = ""
 
 

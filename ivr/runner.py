@@ -147,6 +147,12 @@ class Services:
     sms: SmsSender | None = None
     dnc: DncList | None = None
     payments: PaymentStore | None = None
+    #: Longest wait for any service but the gateway (a database, a CRM, the SMS provider): a
+    #: stuck one answers not ok, and the flow takes its failure route instead of silence.
+    timeout_s: float = 10.0
+    #: Longest wait for the payment gateway (charges can be slow; the caller hears
+    #: `processing` meanwhile).
+    gateway_timeout_s: float = 45.0
 
 
 class _NotConfigured(Exception):
@@ -235,6 +241,7 @@ class SessionRunner:
         self._queue: asyncio.Queue[tuple[Event, float | None]] = asyncio.Queue()
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._payments: set[asyncio.Task[None]] = set()
         self._tg: asyncio.TaskGroup | None = None
         self._secure = False
         self._caller_gone = False
@@ -292,8 +299,12 @@ class SessionRunner:
                         await self._step(functools.partial(self.session.handle, event), fed_at)
                 finally:
                     self._tg = None
+                    # A payment in flight is not cancelled when the call ends: the gateway may
+                    # have taken the money, and the answer must be recorded. The TaskGroup
+                    # waits for it (bounded by `gateway_timeout_s`).
                     for task in self._tasks:
-                        task.cancel()
+                        if task not in self._payments:
+                            task.cancel()
         finally:
             for handle in self._timers.values():
                 handle.cancel()
@@ -421,13 +432,25 @@ class SessionRunner:
         task = self._tg.create_task(self._serve(command))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        if isinstance(command, PaymentRequest):
+            self._payments.add(task)
+            task.add_done_callback(self._payments.discard)
 
     async def _serve(self, command: ServiceCommand) -> None:
+        # The lookup brings its own time limit, the gateway's is applied around the charge
+        # (so that a timed-out charge is still recorded) and a transfer is bounded by the
+        # driver (an agent's ring time); every other service gets `timeout_s`.
+        bounded = not isinstance(command, HttpLookup | PaymentRequest | TransferCall)
         try:
-            data = await self._call_service(command)
+            async with asyncio.timeout(self.services.timeout_s if bounded else None):
+                data = await self._call_service(command)
             done = ServiceDone(command.request_id, True, data)
         except _NotConfigured as exc:
             done = ServiceDone(command.request_id, False, error=str(exc))
+        except TimeoutError:
+            error = f"{type(command).__name__} timed out"
+            log.info("ivr %s: %s", self.session_id, error)
+            done = ServiceDone(command.request_id, False, error=error)
         except Exception as exc:
             log.info(
                 "ivr %s: %s failed: %s", self.session_id, type(command).__name__,
@@ -474,14 +497,21 @@ class SessionRunner:
         gateway: PaymentGateway = _need(self.services.gateway, "gateway")
         node = self._node  # the pay node: no other node is entered while it waits
         card = command.card
+        limit = self.services.gateway_timeout_s
         try:
-            if command.action == "charge":
-                result = await gateway.charge(
-                    card, command.amount, command.currency, command.description,
-                    command.idempotency_key,
-                )
-            else:
-                result = await gateway.tokenize(card, command.idempotency_key)
+            async with asyncio.timeout(limit):
+                if command.action == "charge":
+                    result = await gateway.charge(
+                        card, command.amount, command.currency, command.description,
+                        command.idempotency_key,
+                    )
+                else:
+                    result = await gateway.tokenize(card, command.idempotency_key)
+        except TimeoutError:
+            text = (f"gateway timed out after {limit:g} s: the charge may have gone through; "
+                    f"check key {command.idempotency_key}")
+            await self._record_payment(command, node, PaymentResult(False, "", text))
+            raise GatewayFailed(text) from None
         except Exception as exc:
             # `describe_exception` masks anything shaped like a PAN, but a gateway that quotes
             # the CVV or the postcode back would pass them on: scrub this card's own data.

@@ -70,6 +70,7 @@ from dialer.domain import (
 from dialer.phones import PhoneError, PhoneNormalizer, contact_zone
 from dialer.sms import SmsProvider
 from ivr.ports import (
+    SECRET_FIELDS,
     CallbackBook,
     ContactDirectory,
     ContactRecord,
@@ -221,8 +222,6 @@ class HttpCrm:
 
 # ============================================================================== contacts
 
-#: Field names whose values only `verify` may see (compared case-insensitively).
-SECRET_FIELDS = frozenset({"pin", "dob", "date_of_birth"})
 _PARAM_KEYS = tuple(f"param{i}" for i in range(1, MAX_PARAMS + 1))
 
 
@@ -312,7 +311,10 @@ class DbContactDirectory:
             if value is None or value == "":
                 continue
             name = names.get(slot, slot)
-            (secrets if name.lower() in SECRET_FIELDS else fields)[name] = str(value)
+            if name.lower() in SECRET_FIELDS:
+                secrets[name.lower()] = str(value)  # the key `verify` looks up
+            else:
+                fields[name] = str(value)
         full = fields.get("name") or " ".join(
             p for p in (fields.get("first_name"), fields.get("last_name")) if p
         )

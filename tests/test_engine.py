@@ -29,7 +29,7 @@ import pytest
 from sqlalchemy import Engine, select, update
 
 from cti.ami.telephony import AmiTelephony
-from cti.interface import OriginateRequest, TelephonyError
+from cti.interface import OriginateRequest, TelephonyError, UnknownCall
 from dialer.agents import AgentError, AgentState, assign_campaign, create_agent
 from dialer.campaigns import set_campaign_state
 from dialer.clock import ScaledClock
@@ -525,6 +525,22 @@ async def test_agentless_hand_off_refused_by_the_pbx_is_an_abandon_with_the_mess
         assert attempt.connected_at is None, "nobody was connected"
         c = r.contact(r.contact_ids[0])
         assert c.state == "not_connected" and c.due_at is not None
+
+
+async def test_agentless_call_gone_before_the_flow_took_it_is_an_abandon(
+    sqlite_engine: Engine,
+) -> None:
+    """The PBX no longer knows the call when it is handed over (the person hung up at once):
+    nothing spoke to them, so it is not a reached contact."""
+    async with rig(sqlite_engine, [HUMAN_A], budget=1, settings=AGENTLESS, agents={},
+                   pop=population(talk_s=5.0),
+                   faults={"send_to_ivr": UnknownCall("gone")}) as r:
+        await r.until(lambda: r.outcome(HUMAN_A) is not None, "the call to end")
+        assert r.outcome(HUMAN_A) == "abandoned"
+        assert r.engine.campaigns[r.campaign_id].abandoned == 1
+        [attempt] = r.attempts()
+        assert attempt.connected_at is None
+        assert r.contact(r.contact_ids[0]).state == "not_connected"
 
 
 async def test_every_observation_reaches_the_pacer(sqlite_engine: Engine) -> None:

@@ -974,3 +974,21 @@ def test_a_thousand_sessions_answer_digits_quickly() -> None:
     per_event = (time.perf_counter() - began) / 1000
     assert all(c.path == ["main", "one"] for c in calls)
     assert per_event < 0.002  # far below the 20 ms p99 budget of the benchmark
+
+
+def test_a_key_pressed_during_a_message_is_not_the_first_digit_of_the_pin() -> None:
+    f = flow(
+        "who",
+        build(model.Identify, "who", found="msg", not_found="nobody"),
+        build(model.Play, "msg", prompt=prompt("sound:msg"), next="check", barge_in=True),
+        build(model.Verify, "check", method="pin", prompt=prompt("sound:pin"), next="ok",
+              failed="failed", no_input="silent", max_tries=3),
+        *ends("nobody", "ok", "failed", "silent"))
+    call = Call(f)
+    call.start()
+    call.answer(**RECORD)
+    call.press("9")  # stops the message; typed outside secure mode
+    assert call.path == ["who", "msg", "check"]
+    assert call.media()[-1] == ("sound:pin",)  # the PIN prompt is played, not skipped
+    call.press("2468#")
+    assert call.path[-1] == "ok"

@@ -406,3 +406,74 @@ async def test_digits_typed_ahead_of_a_card_prompt_are_masked_like_the_card_numb
     dtmf = [d["digit"] for k, d in events if k == "dtmf"]
     assert dtmf == ["1"] + ["*"] * 17
     assert "4111" not in caplog.text and "dtmf 4" not in caplog.text
+
+
+class _SlowGateway:
+    """Charges after `delay_s`; `charged` counts the charges that went through."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+        self.charged = 0
+
+    async def charge(self, card: CardDetails, amount: str, currency: str,
+                     description: str, idempotency_key: str) -> PaymentResult:
+        await asyncio.sleep(self.delay_s)
+        self.charged += 1
+        return PaymentResult(True, token="tok_slow")
+
+    async def tokenize(self, card: CardDetails, idempotency_key: str) -> PaymentResult:
+        raise AssertionError("not called")
+
+
+class _Store:
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    async def record_payment(self, **kwargs: Any) -> None:
+        self.rows.append(kwargs)
+
+
+async def test_a_charge_in_flight_when_the_caller_hangs_up_is_still_recorded() -> None:
+    """The gateway may take the money after the caller has gone: the session does not cancel
+    the charge, and its answer is recorded."""
+    gateway, store = _SlowGateway(0.05), _Store()
+    card = CardDetails(PAN, "1230", "123")
+    session = ScriptedSession(
+        [PaymentRequest("r1", "charge", card, "42.50", "GBP", "", "s1:pay:1")],
+        lambda e: [Finished("caller_hangup", "pay")] if isinstance(e, CallerHangup) else [],
+    )
+    runner, _, _ = make(session, Services(gateway=gateway, payments=store))
+    runner.feed(CallerHangup())
+    assert await run(runner) == Finished("caller_hangup", "pay")
+    assert gateway.charged == 1
+    assert [(r["approved"], r["token"]) for r in store.rows] == [(True, "tok_slow")]
+
+
+async def test_a_gateway_that_never_answers_is_recorded_as_failed_after_its_time_limit() -> None:
+    gateway, store = _SlowGateway(60.0), _Store()
+    card = CardDetails(PAN, "1230", "123")
+    session = ScriptedSession(
+        [PaymentRequest("r1", "charge", card, "42.50", "GBP", "", "s1:pay:1")],
+        finish_on(lambda e: isinstance(e, ServiceDone)),
+    )
+    runner, _, _ = make(session, Services(gateway=gateway, payments=store,
+                                          gateway_timeout_s=0.02))
+    await run(runner)
+    [done] = session.seen
+    assert isinstance(done, ServiceDone) and not done.ok
+    assert "gateway timed out" in done.error
+    assert [(r["approved"], r["last4"]) for r in store.rows] == [(False, "1111")]
+    assert "timed out" in store.rows[0]["error"]
+
+
+async def test_a_service_that_never_answers_answers_not_ok_after_the_time_limit() -> None:
+    class StuckDirectory:
+        async def find(self, number: str, campaign: str | None) -> ContactRecord | None:
+            await asyncio.sleep(60)
+            return None
+
+    session = ScriptedSession([FindContact("r1", "+441234", None)],
+                              finish_on(lambda e: isinstance(e, ServiceDone)))
+    runner, _, _ = make(session, Services(contacts=StuckDirectory(), timeout_s=0.02))
+    await run(runner)
+    assert session.seen == [ServiceDone("r1", False, error="FindContact timed out")]

@@ -256,3 +256,28 @@ def test_callback_offer_keys_must_differ(tmp_path: Path) -> None:
     (Path(__file__).parent.parent / "ivr" / "examples").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_examples_have_no_problems(example: Path) -> None:
     assert check_flow(load_and_check(example)) == []
+
+
+def test_verify_may_only_compare_a_field_that_is_kept_secret(tmp_path: Path) -> None:
+    text = """\
+start: who
+nodes:
+  who:
+    type: identify
+    found: check
+    not_found: bye
+  check:
+    type: verify
+    method: pin
+    field: account_pin
+    prompt: sound:pin
+    next: bye
+    failed: bye
+    no_input: bye
+  bye:
+    type: hangup
+"""
+    [error] = errors(tmp_path, text)
+    assert error.startswith("flow.yaml:10:12: nodes.check.field: 'account_pin' is not a field "
+                            "kept secret: use one of date_of_birth, dob, pin"), error
+    assert errors(tmp_path, text.replace("account_pin", "pin")) == []
