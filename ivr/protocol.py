@@ -203,7 +203,9 @@ class PaymentRequest:
     amount: str  # decimal text, e.g. "42.50": no float rounding on money
     currency: str
     description: str
-    #: Stable per session and node: a gateway that sees it twice charges once.
+    #: `<session>:<node>:<n>`, n counting the caller's entries into the pay node: the same
+    #: request sent twice charges once; a caller who comes back to pay starts a new payment
+    #: (after a gateway timeout the flow should say so rather than loop back to pay).
     idempotency_key: str
 
 

@@ -524,3 +524,22 @@ def test_an_originate_without_any_channel_expires_at_its_deadline() -> None:
     (hangup,) = tracker.expire(101.0)
     assert (hangup.kind, hangup.outcome) == (CallEventKind.HANGUP, Outcome.DANGLING)
     assert tracker.expire(200.0) == []
+
+
+def test_a_call_handed_to_an_ivr_flow_reports_no_more_digits_but_still_its_hangup() -> None:
+    """Replayed from the real capture of a caller keying a card number: once the call is
+    noted as in an IVR flow, its keys are the flow's and never reach the dialer's stream."""
+    path = next(p for p in rx_streams() if p.name.startswith("07_dtmf_senddtmf"))
+    tracker = ChannelTracker(track_unknown=True)
+    events: list[CallEvent] = []
+    for message in received_events(path):
+        fresh = tracker.feed(message)
+        for e in fresh:
+            if e.kind is CallEventKind.ANSWERED:
+                tracker.note_in_ivr(e.call_id)
+        events += fresh
+    kinds = [e.kind for e in events]
+    assert CallEventKind.ANSWERED in kinds and CallEventKind.HANGUP in kinds
+    assert CallEventKind.DTMF not in kinds
+    plain = [e.kind for e in _replay(path)[1]]
+    assert CallEventKind.DTMF in plain, "the capture has digits: the test would catch a leak"

@@ -218,8 +218,11 @@ def test_tracker_keeps_a_moved_call_until_its_channel_is_destroyed() -> None:
     chan = {"id": "c1", "state": "Up", "dialplan": {"app_name": "Stasis"}}
     kinds = [e.kind for e in tracker.feed({"type": "StasisStart", "args": [], "channel": chan})]
     assert kinds == [CallEventKind.DIALING, CallEventKind.ANSWERED]
+    dtmf = {"type": "ChannelDtmfReceived", "digit": "4", "duration_ms": 100, "channel": chan}
+    assert [e.kind for e in tracker.feed(dtmf)] == [CallEventKind.DTMF]
     tracker.note_moved("c1", IVR_APP)
     assert tracker.feed({"type": "StasisEnd", "channel": chan}) == []
+    assert tracker.feed(dtmf) == [], "the IVR's keys (a card number?) stay out of this stream"
     assert tracker.is_live("c1") and tracker.moved_to("c1") == IVR_APP
     # A snapshot shows it in Stasis (the IVR's): not a StasisStart of ours that was lost.
     assert tracker.sync_stasis("c1", True) is False and not tracker.in_stasis("c1")

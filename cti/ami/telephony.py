@@ -499,6 +499,7 @@ class AmiTelephony:
             settings.append((f"PACELINE_{name.upper()}", value))
         settings.append(("PACELINE_IVR_APP", self.ivr_app))
         root = self._root(call_id)
+        self.tracker.note_in_ivr(call_id)  # from now on the keys are the flow's
         for variable, value in settings:
             await self._act(
                 "Setvar",

@@ -77,6 +77,9 @@ class _Call:
     peer: str | None = None
     held: bool = False
     in_queue: bool = False
+    #: Handed to an IVR flow (`AmiTelephony.send_to_ivr`): its keys are the flow's, perhaps a
+    #: card number, and never appear in this stream.
+    in_ivr: bool = False
     ended: bool = False
     deadline: float | None = None
     legs: set[str] = field(default_factory=set)
@@ -188,6 +191,12 @@ class ChannelTracker:
         if call is not None:
             self._by_action.pop(call.action_id, None)
             self._by_channel_id.pop(call.root_uid, None)
+
+    def note_in_ivr(self, call_id: str) -> None:
+        """The call is being handed to an IVR flow: its DTMF is no longer reported."""
+        call = self._calls.get(call_id)
+        if call is not None:
+            call.in_ivr = True
 
     def is_live(self, call_id: str) -> bool:
         """Whether `call_id` is a call in progress. O(1): `live_calls` builds a dict of all."""
@@ -811,7 +820,7 @@ class ChannelTracker:
         if e.get("Direction") != "Received":
             return []
         chan = self._channel(e)
-        if chan is None or chan.role != "root":
+        if chan is None or chan.role != "root" or chan.call.in_ivr:
             return []
         return [self._ev(CallEventKind.DTMF, chan.call, digit=e["Digit"])]
 

@@ -540,6 +540,10 @@ class AriTracker:
         digit = event.get("digit")
         if leg.role is not LegRole.CUSTOMER or not isinstance(digit, str):
             return []
+        if leg.moved_to is not None:
+            # Moved to the IVR app (which gets the same events): the keys are the flow's,
+            # perhaps a card number, and never appear in the dialer's stream.
+            return []
         return [self._event(CallEventKind.DTMF, leg, digit=digit)]
 
     def _bridge_members(self, event: Mapping[str, Any]) -> tuple[str, list[str]]:
