@@ -15,12 +15,22 @@ inbound number, or `Stasis(paceline-ivr,ivr,payment)` to send an agent's caller 
 - the channel is answered; with `record_calls` a recording `paceline-ivr-<channel id>` starts
   before the first prompt (and `set_secure` pauses it while card digits are keyed).
 
+The call recording is made on a snoop channel, not on the caller's: a channel recording runs
+on the channel's Stasis command queue (res_stasis_recording's record_file) and holds it until
+it ends, so the caller would hear none of the prompts played after it. The app creates
+`POST /channels/{id}/snoop?spy=both&app=<app>&appArgs=ivr-snoop&snoopId=<id>.snoop`, waits
+for the snoop channel's StasisStart (args `ivr-snoop`, never a session), and records that
+channel. The recording covers the flow: the snoop channel is hung up when the session ends
+(a transfer too; it also dies with the caller). A flow's `record` node records the caller's
+channel itself (a message, while no prompt plays).
+
 Events in: ChannelDtmfReceived -> Dtmf, PlaybackFinished -> PlaybackFinished,
 RecordingFinished / RecordingFailed -> RecordingFinished (flow recordings only),
 StasisEnd / ChannelDestroyed -> CallerHangup. Commands out: `POST /channels/{id}/play` with
 the session's playbackId; `DELETE /playbacks/{id}` (a 404, the playback already over as in
-capture 12b, is fine); `POST /channels/{id}/record`; `POST|DELETE /recordings/live/{name}/pause`
-on every live recording of the call for secure mode; `DELETE /channels/{id}` to hang up.
+capture 12b, is fine); `POST /channels/{id}/record`; `POST /channels/{id}/snoop`;
+`POST|DELETE /recordings/live/{name}/pause` on every live recording of the call for secure
+mode; `DELETE /channels/{id}` to hang up.
 
 Transfers: `queue` sets `PACELINE_<KEY>` channel variables for the attached data and
 `continue`s into context `paceline-queue`, extension = the queue; `external` the same into
@@ -69,6 +79,10 @@ QUEUE_CONTEXT = "paceline-queue"
 EXTERNAL_CONTEXT = "paceline-external"
 #: StasisStart args of the agent legs this app originates (never an IVR session).
 AGENT_LEG_ARG = "ivr-agent"
+#: StasisStart args of the snoop channel the call recording is made on (never a session).
+SNOOP_ARG = "ivr-snoop"
+#: How long the call waits for its snoop channel to enter the app before it gives up.
+SNOOP_START_TIMEOUT_S = 2.0
 #: How long `set_secure` waits for a just-started recording to be recording (pausable).
 RECORDING_START_TIMEOUT_S = 2.0
 DTMF_DIGITS = frozenset("0123456789*#ABCD")
@@ -130,6 +144,7 @@ class AriCallChannel:
         self.ani = ani
         self.recordings: dict[str, _Recording] = {}  # live recordings of this channel
         self.call_recording = ""
+        self.snoop_id = ""  # the snoop channel the call recording is made on
         self.leaving = False  # sent on into the dialplan: its StasisEnd is not a hang-up
         self.transferred = False
         self.hung_up = False
@@ -175,13 +190,16 @@ class AriCallChannel:
     async def start_recording(self, name: str, max_s: float, finish_key: str) -> None:
         await self.record(name, max_s=max_s, finish_key=finish_key)
 
-    async def record(self, name: str, *, max_s: float = 0.0, finish_key: str = "") -> _Recording:
+    async def record(
+        self, name: str, *, max_s: float = 0.0, finish_key: str = "", target: str = ""
+    ) -> _Recording:
+        """Record `target` (a channel of this call: the caller's by default, or its snoop)."""
         rec = _Recording(name, asyncio.get_running_loop().create_future())
         self.recordings[name] = rec
         try:
             await self._on_channel(
                 lambda: self._rest.record(
-                    self.channel_id,
+                    target or self.channel_id,
                     name,
                     max_duration_s=int(max_s) or None,
                     terminate_on=finish_key if finish_key in ("*", "#") else None,
@@ -298,6 +316,8 @@ class IvrApp:
         self._calls: dict[str, _Call] = {}
         self._agent_legs: dict[str, asyncio.Future[bool]] = {}
         self._bridged: dict[str, tuple[str, str]] = {}  # channel -> (other channel, bridge)
+        self._snoops: dict[str, str] = {}  # snoop channel -> the call's channel
+        self._snoop_ready: dict[str, asyncio.Future[bool]] = {}  # snoop -> in the app
         self._seq = 0
         #: set while the event WebSocket is open (tests wait on it before placing calls)
         self.connected = asyncio.Event()
@@ -426,6 +446,9 @@ class IvrApp:
         leg = self._agent_legs.get(channel_id)
         if leg is not None and kind in ("StasisEnd", "ChannelDestroyed") and not leg.done():
             leg.set_result(False)
+        snoop = self._snoop_ready.get(channel_id)
+        if snoop is not None and kind in ("StasisEnd", "ChannelDestroyed") and not snoop.done():
+            snoop.set_result(False)
         if channel_id in self._bridged and kind in ("StasisEnd", "ChannelDestroyed"):
             self._unbridge(channel_id)
         call = self._calls.get(channel_id)
@@ -439,7 +462,8 @@ class IvrApp:
             call.feed(CallerHangup())
 
     def _on_recording(self, kind: str, recording: Any) -> None:
-        call = self._calls.get(_target_channel(recording))
+        target = _target_channel(recording)
+        call = self._calls.get(self._snoops.get(target, target))
         if call is None or not isinstance(recording, Mapping):
             return
         name = str(recording.get("name", ""))
@@ -451,12 +475,14 @@ class IvrApp:
 
     def _on_stasis_start(self, channel_id: str, data: Mapping[str, Any]) -> None:
         leg = self._agent_legs.get(channel_id)
+        if leg is None:
+            leg = self._snoop_ready.get(channel_id)  # the snoop a call recording waits for
         if leg is not None:
             if not leg.done():
                 leg.set_result(True)
             return
         args = [str(a) for a in data.get("args") or []]
-        if channel_id in self._calls or args[:1] == [AGENT_LEG_ARG]:
+        if channel_id in self._calls or args[:1] in ([AGENT_LEG_ARG], [SNOOP_ARG]):
             return  # an agent leg that answered too late is hung up by its transfer
         chan = data.get("channel") or {}
         dnid = str((chan.get("dialplan") or {}).get("exten", ""))
@@ -497,8 +523,7 @@ class IvrApp:
                 await channel.answer()
             variables = await self._variables(flow, channel_id, channel.ani, dnid, language)
             if self.record_calls:
-                channel.call_recording = f"paceline-ivr-{channel_id}"
-                await channel.record(channel.call_recording)
+                await self._record_call(channel)
             session = self._session_factory(
                 flow, session_id=channel_id, variables=variables, today=self._today()
             )
@@ -518,9 +543,39 @@ class IvrApp:
             finished = Finished("error", "")
         finally:
             self._calls.pop(channel_id, None)
+            self._snoops.pop(channel.snoop_id, None)
         log.info("IVR call %s ended: %s at %r", channel_id, finished.reason, finished.node)
+        if channel.snoop_id:
+            try:  # ends the call recording (it dies with the caller anyway)
+                await self._hangup_quietly(channel.snoop_id)
+            except TelephonyError as exc:
+                log.warning("IVR call %s: snoop hang-up failed: %s", channel_id,
+                            describe_exception(exc))
         if not channel.transferred and not channel.hung_up and not call.gone:
             await channel.hangup(16)
+
+    async def _record_call(self, channel: AriCallChannel) -> None:
+        """Start the call recording on a snoop channel of the call (the module docstring):
+        recording the caller's channel itself would hold back every prompt until it ends."""
+        snoop_id = f"{channel.channel_id}.snoop"
+        ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._snoop_ready[snoop_id] = ready
+        self._snoops[snoop_id] = channel.channel_id
+        channel.snoop_id = snoop_id
+        try:
+            await channel._on_channel(
+                lambda: self.rest.snoop(
+                    channel.channel_id, app=self.app, app_args=[SNOOP_ARG], spy="both",
+                    snoop_id=snoop_id,
+                )
+            )
+            async with asyncio.timeout(SNOOP_START_TIMEOUT_S):
+                if not await ready:
+                    raise ChannelGone(f"snoop channel {snoop_id} ended before it was recorded")
+        finally:
+            self._snoop_ready.pop(snoop_id, None)
+        channel.call_recording = f"paceline-ivr-{channel.channel_id}"
+        await channel.record(channel.call_recording, target=snoop_id)
 
     async def _variables(
         self, flow: Flow, channel_id: str, ani: str, dnid: str, language: str

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,11 @@ from typing import Any
 import aiohttp
 import pytest
 
+from cti.ari import AriRestClient, NotFound
+from cti.ari.errors import BadRequest
 from sim.pbx.ari_server import AriServer
+from tests.test_ari_faults import another_client
+from tests.test_ari_recording import Events as RawEvents
 
 ARI = Path(__file__).parent / "fixtures" / "asterisk" / "transcripts" / "ari"
 CAPTURES = sorted(ARI.glob("*.ws.jsonl")) + sorted(ARI.parent.glob("ari_events_*.jsonl"))
@@ -457,3 +462,84 @@ async def test_cli_sim_pbx_with_ari_port_serves_ari_on_the_port_it_prints() -> N
     finally:
         proc.terminate()
         await proc.wait()
+
+
+# ----- snoop channels, and a channel recording holding the channel's playbacks ----------------
+
+
+@pytest.fixture
+async def ivr_link() -> AsyncIterator[tuple[AriServer, AriRestClient, RawEvents]]:
+    """The emulator with app `ivr` connected: (server, REST client, raw events)."""
+    async with AriServer(time_scale=SCALE) as srv, another_client(srv, "ivr") as (rest, ws):
+        yield srv, rest, RawEvents(ws)
+
+
+async def test_a_channel_recording_holds_the_channels_playbacks_until_it_ends(
+    ivr_link: tuple[AriServer, AriRestClient, RawEvents],
+) -> None:
+    """record_file() runs on the channel's command queue: a play made meanwhile is queued."""
+    server, rest, events = ivr_link
+    cid = server.place_inbound("+15550001", "100", app="ivr")
+    await events.until("StasisStart")
+    await rest.record(cid, "msg", terminate_on="#")
+    await events.until("RecordingStarted")
+    pb = await rest.play(cid, "sound:hello-world", playback_id="p1")
+    assert pb["state"] == "queued"
+    await asyncio.sleep(0.1)  # hello-world lasts 14 ms here: it would be over if it ran
+    assert (await rest.get_playback("p1"))["state"] == "queued"
+    assert not [m for m in events.seen if m["type"].startswith("Playback")]
+    server.press(cid, "#")  # the caller ends the message
+    await events.until("RecordingFinished")
+    started = await events.until("PlaybackStarted")
+    assert started["playback"]["id"] == "p1"
+    assert (await events.until("PlaybackFinished"))["playback"]["state"] == "done"
+    # a play queued behind a recording when the caller hangs up never runs: no event
+    await rest.record(cid, "msg2")
+    await events.until("RecordingStarted")
+    await rest.play(cid, "sound:hello-world", playback_id="p2")
+    server.caller_hangup(cid)
+    await events.until("RecordingFinished")
+    await events.until("StasisEnd")
+    await asyncio.sleep(0.05)
+    assert not [m for m in events.seen if m["type"].startswith("Playback")]
+
+
+async def test_a_snoop_channel_enters_the_app_is_recorded_and_dies_with_its_target(
+    ivr_link: tuple[AriServer, AriRestClient, RawEvents],
+) -> None:
+    server, rest, events = ivr_link
+    cid = server.place_inbound("+15550001", "100", app="ivr")
+    await events.until("StasisStart")
+    snoop = await rest.snoop(cid, app="ivr", app_args=["rec", "x"], snoop_id=f"{cid}.snoop")
+    assert key_shape(snoop) == key_shape(CAPTURED_CHANNEL)
+    assert snoop["id"] == f"{cid}.snoop" and snoop["state"] == "Up"
+    assert re.fullmatch(rf"Snoop/{re.escape(cid)}-[0-9a-f]{{8}}", snoop["name"])
+    start = await events.until("StasisStart")
+    assert (start["channel"]["id"], start["args"]) == (f"{cid}.snoop", ["rec", "x"])
+    # the snoop is recorded; the caller's own channel still plays at once
+    await rest.record(f"{cid}.snoop", "whole-call")
+    rec = await events.until("RecordingStarted")
+    assert rec["recording"]["target_uri"] == f"channel:{cid}.snoop"
+    await rest.play(cid, "sound:hello-world", playback_id="p1")
+    assert (await events.until("PlaybackStarted"))["playback"]["id"] == "p1"
+    await rest.pause_recording("whole-call")
+    await rest.unpause_recording("whole-call")
+    # the path form with the id, and what Asterisk refuses
+    other = await rest.request("POST", f"/channels/{cid}/snoop/s2", params={"spy": "in",
+                                                                            "app": "ivr"})
+    assert other["id"] == "s2" and other["name"] != snoop["name"]
+    with pytest.raises(NotFound, match="Provided channel was not found"):
+        await rest.snoop("nope", app="ivr")
+    with pytest.raises(BadRequest, match="at least spy or whisper"):
+        await rest.snoop(cid, app="ivr", spy="none")
+    with pytest.raises(BadRequest, match="Invalid direction"):
+        await rest.snoop(cid, app="ivr", spy="sideways")
+    # the target hangs up: the snoops follow, the recording is kept
+    server.caller_hangup(cid)
+    finished = await events.until("RecordingFinished")
+    assert finished["recording"]["name"] == "whole-call"
+    await asyncio.sleep(0.05)
+    assert {f"{cid}.snoop", "s2"}.isdisjoint(server.live_channel_ids())
+    assert "whole-call" in server.stored_recordings
+    ends = {(await events.until("StasisEnd"))["channel"]["id"] for _ in range(3)}
+    assert ends == {cid, f"{cid}.snoop", "s2"}

@@ -19,7 +19,7 @@ import pytest
 from cti.ari.rest import AriRestClient
 from dialer.service import ConfigError, IvrConfig, load_ivr_flows, parse_config, run_service
 from ivr.ari import IvrApp, interpreter_session
-from ivr.model import Flow, Gather, Hangup, Menu, Node, Pay, Pos, Prompt, Transfer
+from ivr.model import Flow, Gather, Hangup, Menu, Node, Pay, Pos, Prompt, Record, Transfer
 from ivr.ports import PaymentResult
 from ivr.protocol import CardDetails, Command, Event, Play
 from ivr.runner import Services
@@ -46,7 +46,7 @@ def menu_flow() -> Flow:
     nodes: dict[str, Node] = {
         "main": node(
             Menu, "main", prompt=prompt("sound:long"),
-            options={"1": "account", "2": "agent", "3": "sales", "4": "pay"},
+            options={"1": "account", "2": "agent", "3": "sales", "4": "pay", "5": "message"},
             no_input="bye", invalid="bye", timeout_s=5.0,
         ),
         "account": node(
@@ -63,6 +63,10 @@ def menu_flow() -> Flow:
             Pay, "pay", amount=None, currency="GBP", action="tokenize", require_cvv=False,
             prompts={"card_number": prompt("sound:long"), "expiry": prompt("sound:long")},
             next="bye", failed="bye", aborted="bye", timeout_s=5.0,
+        ),
+        "message": node(
+            Record, "message", prompt=prompt("sound:short"), var="message", next="bye",
+            max_s=30.0, finish_key="#",
         ),
         "bye": node(Hangup, "bye", prompt=prompt("sound:short")),
     }
@@ -118,6 +122,10 @@ class Rig:
 
     def plays(self, cid: str) -> int:
         return self.server.requests[("POST", f"/channels/{cid}/play")]
+
+    def heard(self, cid: str, kind: str = "PlaybackStarted") -> int:
+        """Playbacks of `cid` that really started (or finished): not merely requested."""
+        return sum(1 for _app, k, c in self.server.event_log if k == kind and c == cid)
 
     def finished(self) -> list[dict[str, Any]]:
         return self.seen.kinds("finished")
@@ -225,6 +233,47 @@ async def test_call_recording_is_paused_while_card_digits_are_keyed(
     assert [d["digit"] for d in rig.seen.kinds("dtmf")] == ["4"] + ["*"] * 7
     assert PAN[:6] not in caplog.text
     assert PAN[:6] not in repr(rig.seen.items)
+
+
+@pytest.mark.parametrize("rig", [{"record_calls": True}], indirect=True)
+async def test_the_call_recording_runs_on_a_snoop_channel_so_the_prompts_still_play(
+    rig: Rig,
+) -> None:
+    """A recording of the caller's channel would hold its command queue (Asterisk's
+    record_file) and with it every prompt: the call is recorded through a snoop channel."""
+    cid = await rig.call()
+    snoop, name = f"{cid}.snoop", f"paceline-ivr-{cid}"
+    await rig.until(lambda: rig.heard(cid) >= 1)  # the menu prompt plays
+    assert rig.server._recordings[name].target == f"channel:{snoop}"
+    assert snoop in rig.server.live_channel_ids()
+    assert not [r for r in rig.server._recordings.values() if r.target == f"channel:{cid}"]
+    assert rig.app.active_calls == 1  # the snoop's StasisStart started no session
+    rig.server.press(cid, "4")
+    await rig.until(lambda: rig.heard(cid) >= 2)  # past the first prompt: the card prompt
+    assert rig.server._recordings[name].state == "paused"
+    rig.server.press(cid, "*")  # abort: the goodbye prompt plays to its end
+    await rig.until(lambda: bool(rig.finished()))
+    assert rig.finished() == [{"reason": "hangup", "node": "bye"}]
+    assert rig.heard(cid, "PlaybackFinished") == 3
+    assert rig.server.requests[("DELETE", f"/recordings/live/{name}/pause")] == 1
+    await rig.until(lambda: snoop not in rig.server.live_channel_ids())
+    assert name in rig.server.stored_recordings  # the app hung the snoop up: file kept
+
+
+@pytest.mark.parametrize("rig", [{"record_calls": True}], indirect=True)
+async def test_a_record_node_records_the_caller_beside_the_call_recording(rig: Rig) -> None:
+    cid = await rig.call()
+    rig.server.press(cid, "5")
+    await rig.until(lambda: any(
+        r.target == f"channel:{cid}" and r.state == "recording"
+        for r in rig.server._recordings.values()
+    ))
+    assert f"paceline-ivr-{cid}" in rig.server._recordings  # the call recording goes on
+    rig.server.press(cid, "#")
+    await rig.until(lambda: bool(rig.finished()))
+    assert rig.finished() == [{"reason": "hangup", "node": "bye"}]
+    assert rig.seen.entered() == ["main", "message", "bye"]
+    assert rig.heard(cid, "PlaybackFinished") == 3  # menu (stopped), beep, goodbye
 
 
 @pytest.mark.parametrize("rig", [{"agents": Picker(None)}], indirect=True)

@@ -242,6 +242,33 @@ class AriRestClient:
             params={"variable": variable, "value": value},
         )
 
+    async def snoop(
+        self,
+        channel_id: str,
+        *,
+        app: str,
+        app_args: Sequence[str] = (),
+        spy: str = "both",
+        whisper: str | None = None,
+        snoop_id: str | None = None,
+    ) -> JsonObject:
+        """`POST /channels/{id}/snoop`: a new channel (`Snoop/<id>-<n>`, state Up) that hears
+        the channel (`spy`: in, out or both) and/or speaks into it (`whisper`), entering
+        `app` with `app_args` (StasisStart); the Channel. It hangs up with the channel.
+        Record it (`record(snoop_id, ...)`) to record a call while the channel itself plays
+        prompts: a channel's own recording holds its command queue, so its later `play`
+        waits for the recording to end."""
+        params = {
+            "spy": spy,
+            "whisper": whisper,
+            "app": app,
+            "appArgs": list(app_args) if app_args else None,
+            "snoopId": snoop_id,
+        }
+        return cast(
+            JsonObject, await self.request("POST", f"/channels/{channel_id}/snoop", params=params)
+        )
+
     # ----- recordings --------------------------------------------------------------------
     async def record(
         self,
@@ -257,7 +284,9 @@ class AriRestClient:
     ) -> JsonObject:
         """`POST /channels/{id}/record`: a LiveRecording in state `queued`; RecordingStarted,
         then RecordingFinished or RecordingFailed, arrive as events. Asterisk cannot record a
-        bridged channel (the recording then fails): record the bridge instead."""
+        bridged channel (the recording then fails): record the bridge instead. The recording
+        runs on the channel's command queue: the channel's later `play` (or `continue`, or
+        another recording) waits until it ends; to record a whole call, record a `snoop`."""
         params = {
             "name": name,
             "format": format,

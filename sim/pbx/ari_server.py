@@ -49,7 +49,24 @@ RecordingStarted; pause/unpause/mute/unmute send no event; stop, cancel, a hang-
 `terminateOn` key or `maxDurationSeconds` end it with RecordingFinished (state `done`, also
 after a cancel, as Asterisk publishes it). A bridged channel's recording fails with
 RecordingFailed, cause `Cannot record channel while in bridge`. Stopped recordings are kept
-in `stored_recordings`.
+in `stored_recordings`. A channel recording runs on the channel's Stasis command queue
+(record_file -> ast_play_and_record_full holds it until the recording ends), so a
+`POST /channels/{id}/play` made while a recording of that channel is queued, recording or
+paused answers 201 (state `queued`) but only starts (PlaybackStarted) once the recording ends;
+a hang-up meanwhile drops it without an event (its command never runs). Other commands are
+not held (a simplification: on Asterisk `continue`, `answer` and the rest wait as well).
+
+Snoop channels (res_stasis_snoop, ari_channels_handle_snoop_channel; no capture has one):
+`POST /channels/{id}/snoop[/{snoopId}]` checks `spy` / `whisper` (400 `Invalid direction
+specified for spy`, 400 `Direction must be specified for at least spy or whisper` when both
+are none), `app` (400 `Application name is required`), then the target (404 `Provided channel
+was not found`; it need not be in Stasis), and answers 200 with the new Channel: id `snoopId`
+(generated if absent; a live id answers 500 `Snoop channel could not be created`), name
+`Snoop/<target id>-<n:08x>`, state Up, dialplan default/s. It then enters Stasis(app, appArgs)
+as pbx_exec(Stasis) does: StasisStart with the args, no STASISSTATUS ChannelVarset (no app is
+subscribed yet). Its own recordings and playbacks work as on any channel in Stasis (audio is
+not emulated). When its target is destroyed the snoop channel follows (its audiohook is gone):
+its recording finishes, StasisEnd, ChannelDestroyed cause 0, no ChannelHangupRequest.
 
 Inbound calls and the IVR (`ari_events_inbound_stasis.jsonl`, captures 12a and 12b):
 `place_inbound()` makes a PJSIP trunk channel in state Ring whose dialplan runs Stasis at once:
@@ -195,6 +212,7 @@ class _Chan:
     originate_vars: list[tuple[str, str]] = field(default_factory=list)
     record: CallRecord | None = None  # an originated customer call (`AriServer.calls`)
     language: str = "en"  # CHANNEL(language): the endpoint's or trunk's `language` setting
+    spyee: str = ""  # a snoop channel: the id of the channel it snoops on
 
     def json(self) -> dict[str, Any]:
         return {
@@ -260,6 +278,7 @@ class _Playback:
     state: str = "queued"
     index: int = 0
     timer: asyncio.Handle | None = None
+    held: bool = False  # queued behind a recording of its channel (the command queue)
 
     def json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "media_uri": self.media[self.index]}
@@ -380,6 +399,7 @@ class AriServer:
         self.stored_recordings: dict[str, dict[str, Any]] = {}
         self._globals: dict[str, str] = {}
         self._seq = 0
+        self._snoop_seq = 0  # res_stasis_snoop's chan_idx: the hex suffix of Snoop/ names
         self._epoch = int(time.time())
         self._closing = False
         #: channels actually created, per requested channelId (or generated id)
@@ -772,6 +792,9 @@ class AriServer:
             return self._originate(q, body)
         channel_id = rest[0]
         sub = rest[1] if len(rest) > 1 else ""
+        if len(rest) == 3 and sub == "snoop":  # POST /channels/{id}/snoop/{snoopId}
+            self._method(method, ("POST",))
+            return self._snoop(channel_id, {**q, "snoopId": rest[2]})
         if len(rest) > 2:
             raise AriError(404, "Resource not found")
         if sub == "":
@@ -795,6 +818,7 @@ class AriServer:
             ("GET", "variable"): self._get_var,
             ("POST", "variable"): self._set_var,
             ("POST", "record"): self._record_channel,
+            ("POST", "snoop"): self._snoop,
         }
         handler = handlers.get((method, sub))
         if handler is None:
@@ -1208,7 +1232,10 @@ class AriServer:
                 pre["soft"] = True
             self._chan_event("ChannelHangupRequest", chan, pre=pre)
         for pb in [p for p in self._playbacks.values() if p.channel_id == chan.id]:
-            self._finish_playback(pb, "failed")
+            if pb.held:  # its command never ran: dropped without an event
+                del self._playbacks[pb.id]
+            else:
+                self._finish_playback(pb, "failed")
         for rec in [r for r in self._recordings.values() if r.target == f"channel:{chan.id}"]:
             self._finish_recording(rec, "done")  # a hang-up ends the recording, kept
         self._leave_stasis(chan)
@@ -1227,6 +1254,9 @@ class AriServer:
         if half is not None and half.alive:
             half_cause = cause if cause else 0
             self._destroy(half, half_cause, request_cause=causes.NORMAL_CLEARING, soft=True)
+        for snoop in [c for c in self._channels.values() if c.spyee == chan.id]:
+            # Its audiohook is gone: the snoop channel's next read fails and it hangs up.
+            self._destroy(snoop, 0)
 
     def _delete_channel(self, channel_id: str, q: dict[str, Any]) -> web.Response:
         chan = self._chan(channel_id)
@@ -1372,6 +1402,59 @@ class AriServer:
         self._chan_event("ChannelVarset", chan, pre={"variable": name, "value": value})
         return self._no_content()
 
+    def _snoop(self, channel_id: str, q: dict[str, Any]) -> web.Response:
+        """POST /channels/{id}/snoop[/{snoopId}], checked in the order of
+        ari_channels_handle_snoop_channel(); then stasis_app_control_snoop(): a channel
+        `Snoop/<target id>-<n:08x>` in state Up runs Stasis(app, appArgs) (StasisStart with
+        the args; no STASISSTATUS ChannelVarset, no app is subscribed yet) and the 200 carries
+        it. The target need not be in Stasis. The snoop dies (cause 0) with its target."""
+        directions = ("none", "both", "out", "in")
+        spy = str(q.get("spy") or "none")
+        whisper = str(q.get("whisper") or "none")
+        if spy not in directions:
+            raise AriError(400, "Invalid direction specified for spy", reason="Bad Request")
+        if whisper not in directions:
+            raise AriError(400, "Invalid direction specified for whisper", reason="Bad Request")
+        if spy == "none" and whisper == "none":
+            raise AriError(
+                400, "Direction must be specified for at least spy or whisper",
+                reason="Bad Request",
+            )
+        app = str(q.get("app") or "")
+        if not app:
+            raise AriError(400, "Application name is required", reason="Bad Request")
+        target = self._chan(channel_id, "Provided channel was not found")
+        snoop_id = str(q.get("snoopId") or "") or self._next_id()
+        if snoop_id in self._channels:  # ast_channel_alloc refuses a live uniqueid
+            raise AriError(500, "Snoop channel could not be created")
+        n = self._snoop_seq
+        self._snoop_seq += 1
+        snoop = _Chan(
+            id=snoop_id,
+            name=f"Snoop/{target.id}-{n:08x}",
+            tech="Snoop",
+            context="default",
+            exten="s",
+            creationtime=_ts(),
+            state="Up",
+            answered=True,
+            app_name="",
+            app_data="",
+            spyee=target.id,
+        )
+        self._channels[snoop_id] = snoop
+        self.channels_created[snoop_id] += 1
+        raw_args = str(q.get("appArgs") or "")
+        args = [a for a in raw_args.split(",") if a] if raw_args else []
+        response = self._json(200, snoop.json())
+
+        def run_stasis() -> None:  # snoop_stasis_thread: pbx_exec(Stasis, "app,args")
+            if snoop.alive and not self._closing:
+                self._enter_stasis(snoop, app, args, varset=False)
+
+        asyncio.get_running_loop().call_soon(run_stasis)
+        return response
+
     # ----- playbacks ---------------------------------------------------------------------
     def _play(self, channel_id: str, q: dict[str, Any]) -> web.Response:
         chan = self._stasis_chan(channel_id)
@@ -1385,8 +1468,27 @@ class AriServer:
         self._playbacks[pb_id] = pb
         resp = self._json(201, pb.json())
         resp.headers["Location"] = f"/ari/playbacks/{pb_id}"
-        asyncio.get_running_loop().call_soon(self._start_item, pb)
+        if self._channel_recording(chan.id):
+            pb.held = True  # behind the recording on the channel's command queue
+        else:
+            asyncio.get_running_loop().call_soon(self._start_item, pb)
         return resp
+
+    def _channel_recording(self, channel_id: str) -> bool:
+        """True while a recording of the channel itself (queued, recording or paused) holds
+        its command queue."""
+        target = f"channel:{channel_id}"
+        return any(r.target == target for r in self._recordings.values())
+
+    def _release_playbacks(self, target: str) -> None:
+        """A channel recording ended: the playbacks queued behind it start, in order."""
+        kind, _, channel_id = target.partition(":")
+        if kind != "channel" or self._channel_recording(channel_id):
+            return
+        loop = asyncio.get_running_loop()
+        for pb in [p for p in self._playbacks.values() if p.channel_id == channel_id and p.held]:
+            pb.held = False
+            loop.call_soon(self._start_item, pb)
 
     def _pb_event(self, kind: str, pb: _Playback) -> None:
         chan = self._channels.get(pb.channel_id)
@@ -1502,6 +1604,7 @@ class AriServer:
             self._recordings.pop(rec.name, None)
             rec.state = "failed"
             self._rec_event("RecordingFailed", rec, "Cannot record channel while in bridge")
+            self._release_playbacks(rec.target)
             return
         rec.state = "recording"
         rec.resumed_at = time.monotonic()
@@ -1536,6 +1639,7 @@ class AriServer:
         if state == "done":
             self.stored_recordings[rec.name] = {"name": rec.name, "format": rec.format}
         self._rec_event("RecordingFinished", rec)
+        self._release_playbacks(rec.target)
 
     def _route_recordings(self, method: str, rest: list[str]) -> web.Response:
         if len(rest) >= 2 and rest[0] == "stored" and len(rest) == 2:
